@@ -1,0 +1,68 @@
+"""Model artifacts: a SageMaker model dir (or model.tar.gz), checked before anything loads it."""
+
+import json
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+
+from handlers.errors import ModelLoadError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def extract_archive(archive: Path, target: Path) -> Path:
+    """Extract ``archive`` into ``target``, refusing members that escape it.
+
+    Python's ``data`` filter refuses absolute paths, ``..``, links pointing outside the
+    target, and device files; the error names the offending member.
+    """
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+    except tarfile.FilterError as exc:
+        raise ModelLoadError(f"refusing to extract {archive.name}: member "
+                             f"{exc.tarinfo.name!r} is unsafe ({exc})") from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ModelLoadError(f"cannot extract {archive.name}: {exc}") from None
+    return target
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A model dir, or an archive extracted into a fresh temporary dir."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+        return extract_archive(path, Path(tempfile.mkdtemp(prefix="model-")))
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist")
+    if not any(path.iterdir()):
+        raise ModelLoadError(f"model directory {str(path)!r} is empty")
+    archives = [p for p in path.iterdir() if p.name == "model.tar.gz"]
+    if archives and not (path / "config.json").exists():
+        return extract_archive(archives[0], Path(tempfile.mkdtemp(prefix="model-")))
+    return path
+
+
+def check_model_dir(path: Path) -> dict:
+    """Fail early, naming the missing or corrupt file. Returns the parsed config.json."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{config_file} is missing: not a Hugging Face model directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{config_file} is corrupt: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} is corrupt: not a JSON object")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ModelLoadError(f"no weights in {path}: expected one of {', '.join(WEIGHT_FILES)}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"no tokenizer in {path}: expected one of {', '.join(TOKENIZER_FILES)}")
+    return config
+
+
+def weight_file(path: Path) -> Path:
+    return next(path / name for name in WEIGHT_FILES if (path / name).is_file())

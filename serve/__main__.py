@@ -1,0 +1,46 @@
+"""``serve`` / ``python -m serve``: start the model server SageMaker expects.
+
+The flask stack (nginx -> gunicorn -> flask) by default; the MMS stack for multi-model
+endpoints (SAGEMAKER_MULTI_MODEL=true) or when SERVING_STACK=mms.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+from serve import logs
+from serve.settings import Settings, SettingsError
+
+log = logging.getLogger("serve")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", choices=["serve"], help="accepted and ignored "
+                        "(SageMaker runs the image as `docker run IMAGE serve`)")
+    parser.add_argument("--model-dir", help="model directory or model.tar.gz (default: SM_MODEL_DIR "
+                        "or /opt/ml/model; the embedded demo model when that is empty)")
+    args = parser.parse_args(argv)
+    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
+    try:
+        settings = Settings.from_env(os.environ, args.model_dir)
+    except SettingsError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    if settings.stack == "mms":
+        from container.mms_server import run
+        return run(None if settings.multi_model else settings.model_dir, port=settings.port,
+                   safe_port_range=settings.safe_port_range, workers=settings.workers,
+                   timeout_s=settings.timeout_s, max_payload_bytes=settings.max_payload_bytes,
+                   multi_model=settings.multi_model)
+    from serve.supervisor import Supervisor
+    try:
+        return Supervisor(settings).run()
+    except SettingsError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Gunicorn settings, all derived from serve.settings.Settings (passed by the supervisor).
+
+The master may load the weights (``preload_app``: one copy, shared copy-on-write) but never
+runs torch compute: torch's thread pool and CUDA do not survive a fork. Each worker then
+starts its model thread, which warms up before /ping says 200.
+"""
+
+import os
+
+import torch
+
+from serve import logs
+from serve.settings import Settings
+
+_settings = Settings.from_json(os.environ["SERVE_SETTINGS"])
+
+bind = os.environ["SERVE_UPSTREAM"]
+workers = _settings.workers
+worker_class = "gthread"
+threads = _settings.http_threads
+# CUDA cannot cross a fork: with a GPU each worker loads its own copy.
+preload_app = not torch.cuda.is_available()
+os.environ["SERVE_PRELOAD"] = "1" if preload_app else "0"
+timeout = _settings.timeout_s + 10  # after the app's own 504 (timeout_s) and nginx's (+5)
+graceful_timeout = 25  # inside SageMaker's 30 s between SIGTERM and SIGKILL
+keepalive = 75
+accesslog = None  # nginx logs each request once, with its request id
+logconfig_dict = logs.GUNICORN_LOGCONFIG
+loglevel = _settings.log_level.lower()
+proc_name = "serve-gunicorn"
+control_socket_disable = True  # its default path is shared by every gunicorn on the host
+
+
+def post_worker_init(worker):
+    worker.wsgi.extensions["model_server"].start()

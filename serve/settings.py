@@ -1,0 +1,111 @@
+"""Every server setting, read once from the environment into one frozen object.
+
+nginx, gunicorn, the flask app and the MMS launcher all derive their limits from here, so a
+timeout or size limit has one source.
+"""
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from handlers.config import ConfigError, env_int
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MODEL_DIR = REPO_ROOT / "demo" / "model"
+TRUE = ("1", "true", "yes", "on")
+
+
+SettingsError = ConfigError
+
+def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    for name in names:
+        if env.get(name, "").strip():
+            return name, env[name].strip()
+    return None
+
+
+def _port_range(raw: str | None) -> tuple[int, int] | None:
+    if not raw:
+        return None
+    try:
+        low, high = (int(part) for part in raw.split("-"))
+    except ValueError:
+        raise SettingsError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r} is not LOW-HIGH") from None
+    if not 0 < low <= high < 65536:
+        raise SettingsError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r} is not a valid port range")
+    return low, high
+
+
+def _is_empty(path: Path) -> bool:
+    return not path.is_dir() or not any(p for p in path.iterdir() if not p.name.startswith("."))
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 8080  # SAGEMAKER_BIND_TO_PORT
+    bind_host: str = "0.0.0.0"  # SERVE_BIND_HOST (127.0.0.1 for `make serve`)
+    safe_port_range: tuple[int, int] | None = None  # SAGEMAKER_SAFE_PORT_RANGE
+    model_dir: str = "/opt/ml/model"  # --model-dir, SM_MODEL_DIR; embedded demo when empty
+    stack: str = "flask"  # "mms" when SAGEMAKER_MULTI_MODEL=true or SERVING_STACK=mms
+    multi_model: bool = False  # SAGEMAKER_MULTI_MODEL
+    workers: int = 1  # SAGEMAKER_MODEL_SERVER_WORKERS, MODEL_SERVER_WORKERS
+    http_threads: int = 64  # SERVE_HTTP_THREADS: request threads per worker
+    torch_threads: int = 1  # INFERENCE_TORCH_THREADS (default: cores / workers)
+    timeout_s: int = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT, MODEL_SERVER_TIMEOUT (seconds)
+    max_payload_bytes: int = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB
+    max_batch_wait_ms: float = 0.0  # INFERENCE_MAX_BATCH_WAIT_MS: extra wait to fill a batch
+    log_level: str = "INFO"  # LOG_LEVEL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], model_dir: str | None = None) -> "Settings":
+        workers_var = _first(env, "SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS")
+        workers = env_int(env, workers_var[0], 1) if workers_var else 1
+        timeout_var = _first(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT")
+        timeout = env_int(env, timeout_var[0], 60) if timeout_var else 60
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        payload_mb = env.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "").strip() or "6"
+        try:
+            payload_bytes = int(float(payload_mb) * 1024 * 1024)
+        except ValueError:
+            raise SettingsError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb!r} is not a number") from None
+        if payload_bytes <= 0:
+            raise SettingsError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb!r} must be positive")
+        wait_ms = env.get("INFERENCE_MAX_BATCH_WAIT_MS", "").strip() or "0"
+        try:
+            max_wait = float(wait_ms)
+        except ValueError:
+            raise SettingsError(f"INFERENCE_MAX_BATCH_WAIT_MS={wait_ms!r} is not a number") from None
+        multi_model = env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() in TRUE
+        stack = env.get("SERVING_STACK", "").strip().lower() or ("mms" if multi_model else "flask")
+        if stack not in ("flask", "mms"):
+            raise SettingsError(f"SERVING_STACK={stack!r} must be flask or mms")
+        model_dir = model_dir or env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model"
+        if not multi_model and _is_empty(Path(model_dir)):
+            model_dir = env.get("SM_DEFAULT_MODEL_DIR", "").strip() or str(EMBEDDED_MODEL_DIR)
+        return cls(
+            port=env_int(env, "SAGEMAKER_BIND_TO_PORT", 8080),
+            bind_host=env.get("SERVE_BIND_HOST", "").strip() or "0.0.0.0",
+            safe_port_range=_port_range(env.get("SAGEMAKER_SAFE_PORT_RANGE", "").strip()),
+            model_dir=model_dir,
+            stack=stack,
+            multi_model=multi_model,
+            workers=workers,
+            http_threads=env_int(env, "SERVE_HTTP_THREADS", 64),
+            torch_threads=env_int(env, "INFERENCE_TORCH_THREADS", max(1, cores // workers)),
+            timeout_s=timeout,
+            max_payload_bytes=payload_bytes,
+            max_batch_wait_ms=max_wait,
+            log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        data = json.loads(text)
+        if data.get("safe_port_range"):
+            data["safe_port_range"] = tuple(data["safe_port_range"])
+        return cls(**data)

@@ -1,0 +1,140 @@
+"""Starts nginx and gunicorn, forwards SIGTERM/SIGINT, and exits as soon as either dies.
+
+Stopping: nginx quits gracefully first (stops accepting, finishes every request it has
+accepted), then gunicorn; both within SageMaker's 30 s. A child that dies on its own takes
+the whole server down with a non-zero exit: a crash never looks healthy.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from serve.settings import REPO_ROOT, Settings, SettingsError
+
+log = logging.getLogger("serve")
+NGINX_TEMPLATE = REPO_ROOT / "nginx.conf"
+STOP_WINDOW_S = 28
+
+
+def free_port(low: int, high: int, host: str = "127.0.0.1") -> int:
+    for port in range(low, high + 1):
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+                return port
+            except OSError:
+                continue
+    raise SettingsError(f"no free port in SAGEMAKER_SAFE_PORT_RANGE {low}-{high}")
+
+
+def render_nginx(settings: Settings, runtime_dir: Path, upstream: str) -> Path:
+    values = {
+        "runtime_dir": str(runtime_dir),
+        # As root, nginx would drop its workers to "nobody", who cannot reach the private
+        # runtime dir; unprivileged (the images), it runs as the invoking user anyway.
+        "user_directive": "user root;" if os.geteuid() == 0 else "",
+        "bind_host": settings.bind_host,
+        "port": str(settings.port),
+        "upstream": upstream,
+        "max_payload_bytes": str(settings.max_payload_bytes),
+        "proxy_read_timeout": str(settings.timeout_s + 5),
+    }
+    text = NGINX_TEMPLATE.read_text()
+    for name, value in values.items():
+        text = text.replace("{{" + name + "}}", value)
+    if "{{" in text:
+        raise SettingsError(f"nginx.conf has an unknown placeholder near {text[text.index('{{'):][:40]!r}")
+    path = runtime_dir / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def find_nginx() -> str:
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SettingsError("nginx is not installed (apt-get install nginx)")
+
+
+class Supervisor:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="serve-"))
+        self.stopping = False
+        self.children: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        s = self.settings
+        if s.safe_port_range:
+            upstream = f"127.0.0.1:{free_port(*s.safe_port_range)}"
+            nginx_upstream = upstream
+        else:
+            sock = self.runtime_dir / "gunicorn.sock"
+            upstream, nginx_upstream = f"unix:{sock}", f"unix:{sock}"
+        conf = render_nginx(s, self.runtime_dir, nginx_upstream)
+        # nginx first: it accepts connections at once and answers 503 until the model is ready.
+        self.children["nginx"] = subprocess.Popen([find_nginx(), "-c", str(conf), "-p", str(self.runtime_dir)])
+        env = dict(os.environ,
+                   SERVE_SETTINGS=s.to_json(),
+                   SERVE_UPSTREAM=upstream,
+                   OMP_NUM_THREADS=str(s.torch_threads),
+                   TOKENIZERS_PARALLELISM="false",
+                   HF_HUB_OFFLINE="1",
+                   PYTORCH_NVML_BASED_CUDA_CHECK="1")  # ask for a GPU without initialising CUDA
+        self.children["gunicorn"] = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf", "serve.wsgi:app"],
+            env=env, cwd=REPO_ROOT)
+        log.info("serving %s on %s:%d (nginx -> gunicorn at %s, %d worker(s) x %d threads, "
+                 "%d torch threads, timeout %d s, payload cap %d bytes)", s.model_dir, s.bind_host,
+                 s.port, upstream, s.workers, s.http_threads, s.torch_threads, s.timeout_s,
+                 s.max_payload_bytes)
+
+    def request_stop(self, signum, _frame) -> None:
+        if not self.stopping:
+            log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+            self.stopping = True
+
+    def _wait(self, name: str, deadline: float) -> None:
+        child = self.children[name]
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time: killing it", name)
+            child.kill()
+            child.wait()
+
+    def stop(self) -> None:
+        deadline = time.monotonic() + STOP_WINDOW_S
+        nginx, gunicorn = self.children["nginx"], self.children["gunicorn"]
+        if nginx.poll() is None:
+            nginx.send_signal(signal.SIGQUIT)  # graceful: finish accepted requests
+        self._wait("nginx", deadline - 3)
+        if gunicorn.poll() is None:
+            gunicorn.send_signal(signal.SIGTERM)  # graceful: workers finish in-flight requests
+        self._wait("gunicorn", deadline)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            self.start()
+            while not self.stopping:
+                for name, child in self.children.items():
+                    code = child.poll()
+                    if code is not None:
+                        log.error("%s exited with code %s: stopping the server", name, code)
+                        self.stop()
+                        return code or 1
+                time.sleep(0.1)
+            self.stop()
+            log.info("stopped")
+            return 0
+        finally:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)

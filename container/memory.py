@@ -1,0 +1,117 @@
+"""Memory as the kernel reports it: what is free, what a process uses, what a model will need.
+
+"Free" is ``MemAvailable`` from /proc/meminfo, tightened by the cgroup limit when the
+container has one (inside Docker /proc/meminfo shows the host). A process's share is its
+PSS (shared pages split between the processes that map them), which is what adding up
+several workers needs; RSS is reported too.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack",
+                   ".gguf", ".model")
+# Resident memory one MMS worker for the demo model costs before its weights (Python,
+# torch, transformers, the MMS listener it was forked from), measured with
+# bench/mms_bench.py; used until the first model loaded here gives a real figure.
+DEFAULT_WORKER_FIXED_BYTES = 400 * MiB
+# A model's resident weights relative to their size on disk (fp32 safetensors: ~1.0).
+WEIGHTS_FACTOR = 1.3
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return out
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        raw = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() else None  # "max" (no limit) -> None
+
+
+def _cgroup_available() -> int | None:
+    """Room left under the cgroup's memory limit (v2, then v1), or None without a limit.
+    Page cache that can be dropped (inactive_file) counts as room, as it does for the kernel."""
+    for limit_file, usage_file, stat_file in (
+            ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat"),
+            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+             "/sys/fs/cgroup/memory/memory.stat")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is None or usage is None or limit >= 1 << 60:
+            continue
+        inactive = 0
+        try:
+            for line in Path(stat_file).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key in ("inactive_file", "total_inactive_file"):
+                    inactive = int(value)
+                    break
+        except (OSError, ValueError):
+            pass
+        return max(0, limit - usage + inactive)
+    return None
+
+
+def available_bytes() -> int:
+    """Memory that can still be allocated without swapping or the OOM killer."""
+    info = meminfo()
+    free = info.get("MemAvailable", info.get("MemFree", 0))
+    cgroup = _cgroup_available()
+    return free if cgroup is None else min(free, cgroup)
+
+
+def total_bytes() -> int:
+    return meminfo().get("MemTotal", 0)
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    rss: int
+    pss: int
+
+
+def process_memory(pid: int) -> ProcessMemory | None:
+    """RSS and PSS of ``pid`` (None when it is gone)."""
+    values = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    values[key] = int(rest.split()[0]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError:  # kernels without smaps_rollup: RSS only
+        try:
+            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        rss = pages * os.sysconf("SC_PAGE_SIZE")
+        return ProcessMemory(rss, rss)
+    return ProcessMemory(values.get("Rss", 0), values.get("Pss", values.get("Rss", 0)))
+
+
+def weights_bytes(model_dir: str | os.PathLike) -> int:
+    """Bytes of weight files under ``model_dir`` (every file if none looks like weights)."""
+    weights = total = 0
+    for root, _dirs, files in os.walk(model_dir):
+        for name in files:
+            try:
+                size = os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+            total += size
+            if name.endswith(WEIGHT_SUFFIXES) or ".tar" in name:
+                weights += size
+    return weights or total

@@ -1,0 +1,91 @@
+"""HTTP to our own MMS on 127.0.0.1: one keep-alive connection per calling thread."""
+
+import http.client
+import json
+import threading
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
+
+
+@dataclass
+class MmsResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names
+    body: bytes = b""
+
+    def json(self) -> dict:
+        try:
+            value = json.loads(self.body or b"{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def message(self) -> str:
+        """MMS's own error text ({"code", "type", "message"}), or the raw body."""
+        return str(self.json().get("message") or self.body[:500].decode(errors="replace"))
+
+
+class MmsUnavailable(Exception):
+    """MMS did not answer (not started, crashed, or timed out)."""
+
+
+class MmsClient:
+    def __init__(self, port: int):
+        self.port = port
+        self._local = threading.local()
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 10.0) -> MmsResponse:
+        """One request. When a kept-alive connection turns out to be closed by MMS, the
+        request is sent again once on a fresh connection; a fresh one is never retried."""
+        for attempt in (0, 1):
+            conn = self._connection(timeout)
+            reused = conn.sock is not None
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                stale = isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError,
+                                         BrokenPipeError))
+                if reused and stale and attempt == 0:
+                    continue
+                raise MmsUnavailable(f"MMS on 127.0.0.1:{self.port}: {type(exc).__name__}: {exc}") from None
+            out = MmsResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+            if resp.will_close:
+                self._drop()
+            return out
+        raise MmsUnavailable(f"MMS on 127.0.0.1:{self.port} is unreachable")
+
+    # Management API, by MMS's names for things.
+    def ping(self, timeout: float = 1.5) -> MmsResponse:
+        return self.request("GET", "/ping", timeout=timeout)
+
+    def register(self, mms_name: str, url: str, *, workers: int, batch_size: int,
+                 max_batch_delay_ms: int, timeout: float) -> MmsResponse:
+        query = urlencode({"model_name": mms_name, "url": url, "initial_workers": workers,
+                           "synchronous": "true", "batch_size": batch_size,
+                           "max_batch_delay": max_batch_delay_ms})
+        return self.request("POST", f"/models?{query}", timeout=timeout)
+
+    def unregister(self, mms_name: str, timeout: float) -> MmsResponse:
+        return self.request("DELETE", f"/models/{quote(mms_name, safe='')}", timeout=timeout)
+
+    def describe(self, mms_name: str, timeout: float = 5.0) -> MmsResponse:
+        return self.request("GET", f"/models/{quote(mms_name, safe='')}", timeout=timeout)

@@ -1,0 +1,43 @@
+# `make serve`: serve the embedded demo model on 127.0.0.1:8080 (nginx -> gunicorn -> flask).
+# `make test`:  run every test against the real stacks.
+# Both create .venv with the pinned dependencies and install nginx / Java when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: serve test bench deps venv system-packages clean
+
+serve: deps
+	SERVE_BIND_HOST=$${SERVE_BIND_HOST:-127.0.0.1} $(PY) -m serve
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: deps
+	$(PY) bench/serve_bench.py
+
+deps: venv system-packages
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/cpu.txt requirements/test.txt
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements/test.txt
+	touch $@
+
+# nginx for the flask stack, Java for multi-model-server.
+system-packages:
+	@missing=""; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -14,6 +14,7 @@ Tracebacks go to the log only.
 import http
 import logging
 import os
+import threading
 import time
 
 from container import load_status
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 # bodies itself and hand the worker no body at all) and marks our answers with the other.
 ORIGINAL_CONTENT_TYPE = "x-serve-content-type"
 ANSWERED_BY = "X-Serve-Answered-By"
+LOADING = (503, b'{"error": "the model is still loading; retry shortly", "code": 503}')
 
 
 def _headers(context, idx: int) -> dict[str, str]:
@@ -47,11 +49,20 @@ class HandlerService:
     def __init__(self):
         self.service = None
         self.failure = None  # (status, body) every request gets when the load failed
+        self.loaded = threading.Event()
         self.max_response_bytes = int(os.environ.get(ENV_MAX_RESPONSE_BYTES, "0") or 0)
 
     def initialize(self, context) -> None:
-        """Load and warm up the model. Never raises: MMS would log and swallow it and call
-        the model registered; the outcome goes to a status file the front reads instead."""
+        """Start loading the model and return at once.
+
+        MMS bounds a worker's load command by the per-request timeout (a model that takes
+        longer than SAGEMAKER_MODEL_SERVER_TIMEOUT to load would never start), and calls a
+        model registered even when ``initialize`` raised. So the load runs in a thread,
+        writes its outcome to a status file the front waits for, and never raises.
+        """
+        threading.Thread(target=self._load, args=(context,), name="model-load", daemon=True).start()
+
+    def _load(self, context) -> None:
         started = time.monotonic()
         model_dir = context.system_properties.get("model_dir")
         kind = ""
@@ -68,11 +79,10 @@ class HandlerService:
         except MemoryError:
             log.exception("model %s: out of memory while loading", context.model_name)
             self.failure = (507, b'{"error": "out of memory while loading the model", "code": 507}')
-        except BaseException as exc:  # noqa: BLE001 - any failure must be reported, not raised
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
+        except Exception as exc:  # noqa: BLE001 - any failure must be reported, not raised
             log.error("model %s failed to load from %s", context.model_name, model_dir, exc_info=True)
             self.failure = _error_status(exc)
+        self.loaded.set()
         self._report(context, time.monotonic() - started, kind)
 
     def _report(self, context, seconds: float, kind: str) -> None:
@@ -94,9 +104,12 @@ class HandlerService:
         if data is None:
             return None
         answers: list = [None] * len(data)
-        if self.failure is not None:
+        failure = self.failure if self.loaded.is_set() else LOADING
+        if failure is not None:
+            # Answer at once: waiting here would count against MMS's response timeout,
+            # and MMS kills and restarts a worker that overruns it.
             for idx in range(len(data)):
-                answers[idx] = self._answer(context, idx, *self._failed(*self.failure))
+                answers[idx] = self._answer(context, idx, failure[0], "application/json", failure[1])
             return answers
         decoded = {}
         for idx, item in enumerate(data):
@@ -139,10 +152,6 @@ class HandlerService:
         if status >= 500:
             log.error("request %s failed", context.get_request_id(idx), exc_info=exc)
         return self._answer(context, idx, status, "application/json", body)
-
-    @staticmethod
-    def _failed(status: int, body: bytes) -> tuple[int, str, bytes]:
-        return status, "application/json", body
 
     @staticmethod
     def _answer(context, idx: int, status: int, content_type: str, body: bytes) -> bytes:

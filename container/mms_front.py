@@ -21,6 +21,7 @@ connection in the launcher process, with no model and no torch in it.
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -212,11 +213,13 @@ class FrontHandler(BaseHTTPRequestHandler):
         headers["Content-Type"] = "application/octet-stream"
         if self.headers.get("Content-Type"):
             headers[ORIGINAL_CONTENT_TYPE] = self.headers["Content-Type"]
+        started = time.monotonic()
         try:
             resp = front.client.request("POST", f"/predictions/{quote(record.mms_name)}", body=body,
                                         headers=headers, timeout=front.timeout_s + 10)
         except MmsUnavailable as exc:
             raise ApiError(503, f"model {name!r}: {exc}") from None
+        elapsed = time.monotonic() - started
         extra = {}
         if self.headers.get(CUSTOM_ATTRIBUTES) is not None:
             extra[CUSTOM_ATTRIBUTES] = self.headers[CUSTOM_ATTRIBUTES]
@@ -224,11 +227,13 @@ class FrontHandler(BaseHTTPRequestHandler):
             content_type = resp.headers.get("content-type") or "application/octet-stream"
             return self._send(resp.status, resp.body, content_type, extra)
         # MMS answered by itself: queue full, worker timed out or died, model just unloaded.
+        # On a timeout MMS says 500 "Worker died." (it kills the worker and starts another).
         status = resp.status if resp.status >= 400 else 500
         if status == 404:
             message = f"model {name!r} is not loaded"
-        elif status == 408:
-            status, message = 504, f"model {name!r} did not answer within {front.timeout_s} s"
+        elif status in (408, 500) and elapsed >= front.timeout_s - 0.5:
+            status, message = 504, (f"model {name!r} did not answer within {front.timeout_s} s; "
+                                    "its worker is being restarted")
         else:
             message = f"model {name!r}: the model server answered {resp.status}: {resp.message()}"
         raise ApiError(status, message)

@@ -81,12 +81,13 @@ class MmsStack:
 
     def __init__(self, *, model_dir, port, bind_host, safe_port_range, workers, timeout_s,
                  max_payload_bytes, multi_model, model_root, torch_threads, batch_size,
-                 max_batch_delay_ms, policy, startup_timeout_s, java_heap_mb):
+                 max_batch_delay_ms, policy, startup_timeout_s, load_timeout_s, java_heap_mb):
         self.model_dir, self.multi_model, self.workers = model_dir, multi_model, workers
         self.timeout_s, self.max_payload_bytes = timeout_s, max_payload_bytes
         self.safe_port_range, self.torch_threads = safe_port_range, torch_threads
         self.batch_size, self.max_batch_delay_ms, self.policy = batch_size, max_batch_delay_ms, policy
         self.startup_timeout_s, self.java_heap_mb = startup_timeout_s, java_heap_mb
+        self.load_timeout_s = load_timeout_s
         if multi_model:
             self.model_root = Path(model_root)
         else:
@@ -163,7 +164,7 @@ class MmsStack:
         registry = ModelRegistry(client, state_dir=self.private / "state", model_root=self.model_root,
                                  java_pgid=self.java.pid, workers=self.workers, batch_size=self.batch_size,
                                  max_batch_delay_ms=self.max_batch_delay_ms, timeout_s=self.timeout_s,
-                                 policy=self.policy)
+                                 load_timeout_s=self.load_timeout_s, policy=self.policy)
         self.front.ready(client, registry)
         if not self.multi_model:
             threading.Thread(target=self.load_default_model, args=(registry,), name="default-model",
@@ -206,7 +207,7 @@ def run(model_dir: str | None, *, port: int, safe_port_range: tuple[int, int] | 
         torch_threads: int | None = None, model_root: str = DEFAULT_MODEL_ROOT, batch_size: int = 8,
         max_batch_delay_ms: int = 5, memory_budget_bytes: int | None = None,
         memory_reserve_bytes: int = 256 * memory.MiB, startup_timeout_s: int = 120,
-        java_heap_mb: int = 512) -> int:
+        load_timeout_s: int = 600, java_heap_mb: int = 512) -> int:
     """Serve until SIGTERM/SIGINT (exit code 0) or until MMS dies (1). See the module doc."""
     if not multi_model and not model_dir:
         raise ValueError("single-model mode needs model_dir")
@@ -219,7 +220,8 @@ def run(model_dir: str | None, *, port: int, safe_port_range: tuple[int, int] | 
                      torch_threads=torch_threads or max(1, cores // workers), batch_size=batch_size,
                      max_batch_delay_ms=max_batch_delay_ms,
                      policy=MemoryPolicy(reserve_bytes=memory_reserve_bytes, budget_bytes=memory_budget_bytes),
-                     startup_timeout_s=startup_timeout_s, java_heap_mb=java_heap_mb)
+                     startup_timeout_s=startup_timeout_s, load_timeout_s=load_timeout_s,
+                     java_heap_mb=java_heap_mb)
 
     def on_signal(signum, _frame):
         log.info("%s: draining and stopping", signal.Signals(signum).name)
@@ -256,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-delay-ms", type=int, default=5)
     p.add_argument("--memory-budget-mb", type=int, help="most memory all model workers together may use")
     p.add_argument("--memory-reserve-mb", type=int, default=256, help="free memory a load must leave")
+    p.add_argument("--load-timeout", type=int, default=600, help="seconds a model may take to load")
     args = p.parse_args(argv)
     port_range = tuple(int(x) for x in args.safe_port_range.split("-")) if args.safe_port_range else None
     return run(args.model_dir, port=args.port, safe_port_range=port_range, workers=args.workers,
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                bind_host=args.bind_host, torch_threads=args.torch_threads, model_root=args.model_root,
                batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                memory_budget_bytes=args.memory_budget_mb * memory.MiB if args.memory_budget_mb else None,
-               memory_reserve_bytes=args.memory_reserve_mb * memory.MiB)
+               memory_reserve_bytes=args.memory_reserve_mb * memory.MiB, load_timeout_s=args.load_timeout)
 
 
 if __name__ == "__main__":

@@ -94,11 +94,11 @@ class MemoryPolicy:
 class ModelRegistry:
     def __init__(self, client: MmsClient, *, state_dir: Path, model_root: Path, java_pgid: int,
                  workers: int, batch_size: int, max_batch_delay_ms: int, timeout_s: int,
-                 policy: MemoryPolicy):
+                 load_timeout_s: int, policy: MemoryPolicy):
         self.client, self.state_dir, self.java_pgid = client, state_dir, java_pgid
         self.model_root = Path(os.path.realpath(model_root))
         self.workers, self.batch_size, self.max_batch_delay_ms = workers, batch_size, max_batch_delay_ms
-        self.timeout_s, self.policy = timeout_s, policy
+        self.timeout_s, self.load_timeout_s, self.policy = timeout_s, load_timeout_s, policy
         self._models: dict[str, ModelRecord] = {}
         self._loading: set[str] = set()
         self._lock = threading.Lock()  # guards the dicts
@@ -169,7 +169,7 @@ class ModelRegistry:
         except MmsUnavailable as exc:
             self._rollback(internal)
             raise ApiError(503, f"model {name!r} not loaded: {exc}") from None
-        reports = load_status.read_all(self.state_dir, internal)
+        reports = self._wait_reports(internal, started) if resp.status == 200 else []
         failed = next((r for r in reports if not r.ok), None)
         if resp.status != 200 or failed or len(reports) < self.workers:
             self._rollback(internal)
@@ -177,8 +177,13 @@ class ModelRegistry:
                 raise ApiError(failed.status, f"model {name!r} failed to load: {failed.error}")
             if resp.status in (404, 409):  # the url vanished meanwhile / MMS still had it
                 raise ApiError(resp.status, f"model {name!r} not loaded: {resp.message()}")
+            if resp.status == 200:
+                raise ApiError(504 if time.monotonic() - started >= self.load_timeout_s else 500,
+                               f"model {name!r} failed to load: {len(reports)} of {self.workers} "
+                               f"worker(s) finished loading within {time.monotonic() - started:.0f} s "
+                               "(a worker process died or hung; see the server log)")
             raise ApiError(500, f"model {name!r} failed to load: MMS answered {resp.status} "
-                                f"({resp.message()}); {len(reports)} of {self.workers} worker(s) reported")
+                                f"({resp.message()})")
         record = ModelRecord(name, url, path, internal, self.workers, time.monotonic() - started)
         self._measure(record)
         weights = memory.weights_bytes(path)
@@ -189,6 +194,21 @@ class ModelRegistry:
                  name, path, record.load_seconds, self.workers, record.pss_bytes / memory.MiB,
                  record.rss_bytes / memory.MiB)
         return record
+
+    def _wait_reports(self, internal: str, started: float) -> list[load_status.LoadStatus]:
+        """The workers' load reports, once every worker has written one. Stops early when a
+        report says failed, or when a worker that was loading is gone (killed, crashed)."""
+        seen: set[int] = set()
+        while True:
+            reports = load_status.read_all(self.state_dir, internal)
+            if len(reports) >= self.workers or any(not r.ok for r in reports):
+                return reports
+            pids = set(self.worker_pids(internal))
+            reported = {r.pid for r in reports}
+            if seen - pids - reported or time.monotonic() - started > self.load_timeout_s:
+                return reports
+            seen |= pids
+            time.sleep(0.05)
 
     def _measure(self, record: ModelRecord) -> None:
         record.worker_pids = self.worker_pids(record.mms_name)

@@ -148,7 +148,7 @@ class MmsStack:
             self.front.not_ready_reason = None
             log.info("default model ready: %s", self.model_dir)
         except ApiError as exc:
-            self.front.not_ready_reason = f"the model failed to load: {exc.message}"
+            self.front.not_ready_reason = exc.message
             log.error("default model %s failed to load (%d): %s; /ping stays 503",
                       self.model_dir, exc.status, exc.message)
 

@@ -1,0 +1,167 @@
+"""A real MMS stack (``python -m container.mms_server``: front + Java + Python workers) for
+tests, and what the process table says about it."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.procs import REPO, alive, cmdline, descendants, free_port
+
+MIB = 1024 * 1024
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DEMO_MODEL = REPO / "demo" / "model"
+MMS_MAIN = "com.amazonaws.ml.mms.ModelServer"
+
+
+def demo_model_ready() -> bool:
+    return (DEMO_MODEL / "config.json").is_file()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def make_model(root: Path, name: str, script: str | None = None, *, weights: bool = True) -> Path:
+    """A model dir under ``root``: a copy of the demo model (when ``weights``) plus,
+    optionally, ``fixtures/<script>`` as code/inference.py."""
+    target = root / name
+    if weights:
+        shutil.copytree(DEMO_MODEL, target)
+    else:
+        target.mkdir(parents=True)
+    if script:
+        (target / "code").mkdir(exist_ok=True)
+        shutil.copy(FIXTURES / script, target / "code" / "inference.py")
+    return target
+
+
+class MmsServer:
+    def __init__(self, *args: str, log_path: Path, port: int | None = None, env: dict | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "container.mms_server", "--port", str(self.port),
+                     "--bind-host", "127.0.0.1", *args]
+        self.env = dict(os.environ, **(env or {}))
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.java_pid: int | None = None
+        self.seen_pids: set[int] = set()
+
+    def start(self) -> "MmsServer":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 120, status: int = 200) -> "MmsServer":
+        """Until /ping answers ``status`` (bounded); fails early if the server exits."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(requests.ConnectionError, requests.Timeout):
+                last = requests.get(self.url + "/ping", timeout=3)
+                if last.status_code == status:
+                    self.remember_processes()
+                    return self
+            time.sleep(0.1)
+        raise TimeoutError(f"/ping not {status} within {timeout} s (last: "
+                           f"{last and (last.status_code, last.text)}):\n{self.log()}")
+
+    def remember_processes(self) -> None:
+        """Note Java (its pid is the group of every worker) and every descendant seen."""
+        for pid in descendants(self.proc.pid):
+            self.seen_pids.add(pid)
+            if MMS_MAIN in cmdline(pid):
+                self.java_pid = pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def post(self, path: str, body=b"", content_type: str | None = "application/json", **kwargs):
+        headers = dict(kwargs.pop("headers", {}))
+        if content_type:
+            headers["Content-Type"] = content_type
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        return requests.post(self.url + path, data=body, headers=headers,
+                             timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return requests.delete(self.url + path, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def load(self, name: str, url, **kwargs) -> requests.Response:
+        return self.post("/models", {"model_name": name, "url": str(url)}, **kwargs)
+
+    def invoke(self, name: str, body, content_type="application/json", **kwargs) -> requests.Response:
+        return self.post(f"/models/{name}/invoke", body, content_type, **kwargs)
+
+    def stop(self, timeout: float = 45) -> int:
+        """SIGTERM, wait (bounded), and return the exit code; SIGKILL the session if it hangs."""
+        self.remember_processes()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def leftovers(self) -> list[str]:
+        """Processes of this server still alive: anything in MMS's group or seen earlier."""
+        pids = set(self.seen_pids)
+        if self.java_pid:
+            pids |= set(group_members(self.java_pid))
+        return [f"{pid}: {cmdline(pid)[:160]}" for pid in sorted(pids) if alive(pid)]
+
+    def kill_leftovers(self) -> None:
+        """Last resort so a failed test leaves nothing running: the launcher's session,
+        MMS's group, and every process seen."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.remember_processes()
+        pids = set(self.seen_pids) | (set(group_members(self.java_pid)) if self.java_pid else set())
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        if self.java_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.java_pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()

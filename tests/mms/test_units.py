@@ -1,0 +1,128 @@
+"""The MMS stack's pure parts: config rendering, validation, ports, memory readers."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from container import load_status, memory
+from container.http_errors import ApiError
+from container.mms_config import ConfigValueError, MmsConfig, escape_property
+from container.mms_server import MMS_MAX_PORT, pick_internal_port
+from container.model_registry import mms_name, resolve_url, validate_name
+
+MIB = 1024 * 1024
+
+
+def config(**overrides) -> MmsConfig:
+    values = dict(port=20001, model_store="/opt/ml/models", workers=2, timeout_s=60,
+                  max_payload_bytes=6 * MIB)
+    return MmsConfig(**{**values, **overrides})
+
+
+def parse(text: str) -> dict:
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_properties_derive_from_our_settings_only():
+    props = parse(config().render())
+    assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:20001"
+    assert props["max_request_size"] == props["max_response_size"] == "6291456"  # not MMS's 6553500
+    assert props["default_workers_per_model"] == "2"
+    assert props["decode_input_request"] == "false"
+    assert props["enable_envvars_config"] == "false"
+    assert props["default_service_handler"] == "container.handler_service"
+
+
+@pytest.mark.parametrize("seconds, minutes", [(1, 1), (59, 1), (60, 1), (61, 2), (600, 10), (3601, 61)])
+def test_timeout_seconds_become_whole_minutes_rounded_up(seconds, minutes):
+    props = parse(config(timeout_s=seconds).render())
+    assert props["default_response_timeout"] == str(minutes)
+    assert props["default_response_timeout_seconds"] == str(seconds)
+
+
+def test_properties_values_cannot_inject_keys():
+    assert escape_property(r"C:\dir") == r"C:\\dir"
+    assert escape_property(" lead") == r"\ lead"
+    assert escape_property("caf\u00e9") == r"caf\u00e9"
+    for bad in ("a\nload_models=ALL", "a\rb", "a\x00b"):
+        with pytest.raises(ConfigValueError):
+            escape_property(bad)
+    with pytest.raises(ConfigValueError):
+        config(model_store="/models\nload_models=ALL").render()
+
+
+@pytest.mark.parametrize("name", ["model", "a", "3f2a9c", "my-model_v2.tar.gz", "team/model.tar.gz", "A" * 255])
+def test_good_model_names(name):
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-lead", ".hidden", "../etc", "a/../b", "a b", "a\nb", "a;rm -rf /",
+                                  "$(id)", "a=b", "x" * 256, 42, None, ["a"], "caf\u00e9"])
+def test_bad_model_names_are_400(name):
+    with pytest.raises(ApiError) as err:
+        validate_name(name)
+    assert err.value.status == 400
+
+
+def test_mms_names_are_safe_and_distinct():
+    names = ["a/b", "a_b", "a.b", "A/B" * 40]
+    internal = [mms_name(n) for n in names]
+    assert len(set(internal)) == len(names)
+    assert all(set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") for n in internal)
+    assert all(len(n) <= 53 for n in internal)
+
+
+def test_urls_must_stay_inside_the_model_root(tmp_path):
+    root = tmp_path / "models"
+    (root / "m1").mkdir(parents=True)
+    (root / "file").write_text("x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    assert resolve_url(str(root / "m1"), root) == root / "m1"
+    assert resolve_url("m1", root) == root / "m1"
+    for url, status in [(str(outside), 400), ("../outside", 400), (str(root / "m1/../../outside"), 400),
+                        ("link", 400), ("/etc", 400), ("http://example.com/m.tar.gz", 400),
+                        ("s3://bucket/m.tar.gz", 400), ("file:///etc", 400), ("", 400), ("m1\n", 400),
+                        (None, 400), ("file", 400), ("missing", 404), (str(root / "missing"), 404)]:
+        with pytest.raises(ApiError) as err:
+            resolve_url(url, root)
+        assert err.value.status == status, url
+
+
+def test_internal_port_from_the_safe_range_and_below_mms_limit():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        if busy <= MMS_MAX_PORT:
+            assert pick_internal_port((busy, busy + 5), set()) != busy
+    port = pick_internal_port(None, set())
+    assert 1024 < port <= MMS_MAX_PORT
+    assert pick_internal_port((20000, 20010), {20000}) in range(20001, 20011)
+    with pytest.raises(RuntimeError):
+        pick_internal_port((40000, 40010), set())  # MMS cannot bind there at all
+
+
+def test_memory_readers():
+    assert 0 < memory.available_bytes() <= memory.total_bytes()
+    mine = memory.process_memory(os.getpid())
+    assert mine is not None and 0 < mine.pss <= mine.rss
+    assert memory.process_memory(2 ** 22 + 7) is None
+
+
+def test_weights_bytes(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "config.json").write_text("{}")
+    assert memory.weights_bytes(tmp_path) == 1000
+    (tmp_path / "model.safetensors").unlink()
+    assert memory.weights_bytes(tmp_path) == 2  # no weight files: every file counts
+
+
+def test_load_status_round_trip(tmp_path: Path):
+    status = load_status.LoadStatus(pid=12, ok=False, status=500, error="bad", load_seconds=1.5, kind="X")
+    load_status.write(tmp_path, "m-1", status)
+    assert load_status.read_all(tmp_path, "m-1") == [status]
+    load_status.clear(tmp_path, "m-1")
+    assert load_status.read_all(tmp_path, "m-1") == []

@@ -1,0 +1,45 @@
+"""Container tests: the built image (env CPU_IMAGE) run with a real Docker daemon.
+
+Without CPU_IMAGE the tests skip with the reason, except in CI (CI=true), where they fail:
+.ci/docker.sh builds the image and exports CPU_IMAGE.
+"""
+
+import os
+
+import pytest
+
+from tests.container.docker_run import DOCKER, docker
+
+# Facts measured by the tests, printed at the end of the run (cold start, ...).
+MEASURED: dict[str, str] = {}
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: .ci/docker.sh must build the image and export CPU_IMAGE)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cpu_image() -> str:
+    image = os.environ.get("CPU_IMAGE", "").strip()
+    if not image:
+        _unavailable("CPU_IMAGE is not set: build the image (./build.sh --cpu) and run with "
+                     "CPU_IMAGE=flan-t5-sagemaker:<version>-cpu")
+    try:
+        info = docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=30)
+    except FileNotFoundError:
+        _unavailable(f"no docker client ({DOCKER})")
+    if info.returncode != 0:
+        _unavailable(f"no Docker daemon reachable: {info.stderr.strip()[:200]}")
+    if docker("image", "inspect", image, check=False).returncode != 0:
+        _unavailable(f"image {image} is not in the local Docker daemon")
+    return image
+
+
+def pytest_terminal_summary(terminalreporter):
+    if MEASURED:
+        terminalreporter.section("container measurements")
+        for key, value in MEASURED.items():
+            terminalreporter.write_line(f"{key}: {value}")

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -88,10 +89,7 @@ class MmsStack:
         self.batch_size, self.max_batch_delay_ms, self.policy = batch_size, max_batch_delay_ms, policy
         self.startup_timeout_s, self.java_heap_mb = startup_timeout_s, java_heap_mb
         self.load_timeout_s = load_timeout_s
-        if multi_model:
-            self.model_root = Path(model_root)
-        else:
-            self.model_root = Path(os.path.realpath(model_dir)).parent
+        self.model_root = Path(model_root)  # single-model: the model's parent, once unpacked
         self.stop_requested = threading.Event()
         self.java: subprocess.Popen | None = None
         self.private = make_private_dir()
@@ -142,6 +140,20 @@ class MmsStack:
             time.sleep(0.1)
         return False
 
+    def unpack_default_model(self) -> Path:
+        """MMS loads directories only: a model.tar.gz given as the model is unpacked into
+        the private directory (refusing members that would land outside it)."""
+        path = Path(self.model_dir)
+        if not path.is_file():
+            return path
+        target = self.private / "model"
+        try:
+            with tarfile.open(path) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise ApiError(500, f"cannot unpack {path}: {exc}") from None
+        return target
+
     def load_default_model(self, registry: ModelRegistry) -> None:
         try:
             registry.load(DEFAULT_MODEL_NAME, str(self.model_dir), check_memory=False)
@@ -154,6 +166,14 @@ class MmsStack:
 
     def serve(self) -> int:
         self.front.start()
+        unpack_error = None
+        if not self.multi_model:
+            try:
+                self.model_dir = self.unpack_default_model()
+                self.model_root = Path(os.path.realpath(self.model_dir)).parent
+            except ApiError as exc:
+                log.error("%s; /ping stays 503", exc.message)
+                unpack_error = exc.message
         try:
             client = self.start_mms()
         except RuntimeError as exc:
@@ -166,7 +186,9 @@ class MmsStack:
                                  max_batch_delay_ms=self.max_batch_delay_ms, timeout_s=self.timeout_s,
                                  load_timeout_s=self.load_timeout_s, policy=self.policy)
         self.front.ready(client, registry)
-        if not self.multi_model:
+        if unpack_error:
+            self.front.not_ready_reason = unpack_error
+        elif not self.multi_model:
             threading.Thread(target=self.load_default_model, args=(registry,), name="default-model",
                              daemon=True).start()
         log.info("MMS stack listening on port %d (%s)", self.front.port,

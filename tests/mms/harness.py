@@ -56,11 +56,18 @@ def make_model(root: Path, name: str, script: str | None = None, *, weights: boo
 
 
 class MmsServer:
-    def __init__(self, *args: str, log_path: Path, port: int | None = None, env: dict | None = None):
+    def __init__(self, *args: str, log_path: Path, port: int | None = None, env: dict | None = None,
+                 via_serve: bool = False):
+        """``python -m container.mms_server ARGS``, or with ``via_serve`` the image's real
+        entrypoint ``python -m serve ARGS`` (configured through ``env`` as SageMaker does)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "container.mms_server", "--port", str(self.port),
-                     "--bind-host", "127.0.0.1", *args]
+        if via_serve:
+            self.args = [sys.executable, "-m", "serve", *args]
+            env = {"SAGEMAKER_BIND_TO_PORT": str(self.port), "SERVE_BIND_HOST": "127.0.0.1", **(env or {})}
+        else:
+            self.args = [sys.executable, "-m", "container.mms_server", "--port", str(self.port),
+                         "--bind-host", "127.0.0.1", *args]
         self.env = dict(os.environ, **(env or {}))
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None

@@ -92,10 +92,10 @@ class MmsStack:
         self.model_root = Path(model_root)  # single-model: the model's parent, once unpacked
         self.stop_requested = threading.Event()
         self.java: subprocess.Popen | None = None
-        self.private = make_private_dir()
         # The public port first: a port clash fails now, and callers can connect at once.
         self.front = Front(host=bind_host, port=port, multi_model=multi_model,
                            max_payload_bytes=max_payload_bytes, timeout_s=timeout_s, workers=workers)
+        self.private = make_private_dir()
 
     def _java_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -236,14 +236,18 @@ def run(model_dir: str | None, *, port: int, safe_port_range: tuple[int, int] | 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s")
     cores = len(os.sched_getaffinity(0))
-    stack = MmsStack(model_dir=model_dir, port=port, bind_host=bind_host, safe_port_range=safe_port_range,
-                     workers=workers, timeout_s=timeout_s, max_payload_bytes=max_payload_bytes,
-                     multi_model=multi_model, model_root=model_root,
-                     torch_threads=torch_threads or max(1, cores // workers), batch_size=batch_size,
-                     max_batch_delay_ms=max_batch_delay_ms,
-                     policy=MemoryPolicy(reserve_bytes=memory_reserve_bytes, budget_bytes=memory_budget_bytes),
-                     startup_timeout_s=startup_timeout_s, load_timeout_s=load_timeout_s,
-                     java_heap_mb=java_heap_mb)
+    try:
+        stack = MmsStack(
+            model_dir=model_dir, port=port, bind_host=bind_host, safe_port_range=safe_port_range,
+            workers=workers, timeout_s=timeout_s, max_payload_bytes=max_payload_bytes,
+            multi_model=multi_model, model_root=model_root,
+            torch_threads=torch_threads or max(1, cores // workers), batch_size=batch_size,
+            max_batch_delay_ms=max_batch_delay_ms,
+            policy=MemoryPolicy(reserve_bytes=memory_reserve_bytes, budget_bytes=memory_budget_bytes),
+            startup_timeout_s=startup_timeout_s, load_timeout_s=load_timeout_s, java_heap_mb=java_heap_mb)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", bind_host, port, exc)
+        return 1
 
     def on_signal(signum, _frame):
         log.info("%s: draining and stopping", signal.Signals(signum).name)

@@ -23,14 +23,13 @@ NGINX_TEMPLATE = REPO_ROOT / "nginx.conf"
 STOP_WINDOW_S = 28
 
 
-def free_port(low: int, high: int, host: str = "127.0.0.1") -> int:
+def bind_in_range(sock: socket.socket, low: int, high: int, host: str = "127.0.0.1") -> None:
     for port in range(low, high + 1):
-        with socket.socket() as probe:
-            try:
-                probe.bind((host, port))
-                return port
-            except OSError:
-                continue
+        try:
+            sock.bind((host, port))
+            return
+        except OSError:
+            continue
     raise SettingsError(f"no free port in SAGEMAKER_SAFE_PORT_RANGE {low}-{high}")
 
 
@@ -70,27 +69,38 @@ class Supervisor:
         self.stopping = False
         self.children: dict[str, subprocess.Popen] = {}
 
-    def start(self) -> None:
+    def listen(self) -> tuple[socket.socket, str]:
+        """The socket gunicorn serves on, bound here so that requests arriving while gunicorn
+        starts (or replaces a worker) wait in its backlog instead of being refused."""
         s = self.settings
         if s.safe_port_range:
-            upstream = f"127.0.0.1:{free_port(*s.safe_port_range)}"
-            nginx_upstream = upstream
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            bind_in_range(sock, *s.safe_port_range)
+            address = "%s:%d" % sock.getsockname()
         else:
-            sock = self.runtime_dir / "gunicorn.sock"
-            upstream, nginx_upstream = f"unix:{sock}", f"unix:{sock}"
-        conf = render_nginx(s, self.runtime_dir, nginx_upstream)
-        # nginx first: it accepts connections at once and answers 503 until the model is ready.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            path = self.runtime_dir / "gunicorn.sock"
+            sock.bind(str(path))
+            address = f"unix:{path}"
+        sock.listen(2048)
+        return sock, address
+
+    def start(self) -> None:
+        s = self.settings
+        sock, upstream = self.listen()
+        conf = render_nginx(s, self.runtime_dir, upstream)
         self.children["nginx"] = subprocess.Popen([find_nginx(), "-c", str(conf), "-p", str(self.runtime_dir)])
         env = dict(os.environ,
                    SERVE_SETTINGS=s.to_json(),
-                   SERVE_UPSTREAM=upstream,
+                   SERVE_UPSTREAM=f"fd://{sock.fileno()}",
                    OMP_NUM_THREADS=str(s.torch_threads),
                    TOKENIZERS_PARALLELISM="false",
                    HF_HUB_OFFLINE="1",
                    PYTORCH_NVML_BASED_CUDA_CHECK="1")  # ask for a GPU without initialising CUDA
         self.children["gunicorn"] = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf", "serve.wsgi:app"],
-            env=env, cwd=REPO_ROOT)
+            env=env, cwd=REPO_ROOT, pass_fds=(sock.fileno(),))
+        sock.close()
         log.info("serving %s on %s:%d (nginx -> gunicorn at %s, %d worker(s) x %d threads, "
                  "%d torch threads, timeout %d s, payload cap %d bytes)", s.model_dir, s.bind_host,
                  s.port, upstream, s.workers, s.http_threads, s.torch_threads, s.timeout_s,

@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_MODEL = REPO / "demo" / "model"
+DEMO_MODEL = Path(os.environ.get("TEST_DEMO_MODEL", REPO / "demo" / "model"))
 
 
 def free_port() -> int:
@@ -83,11 +83,11 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
             try:
-                status = requests.get(self.url + "/ping", timeout=2).status_code
+                status = requests.get(self.url + "/ping", timeout=5).status_code
                 self.pings.append(status)
                 if status == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 self.pings.append(0)
             time.sleep(0.05)
         raise TimeoutError(f"/ping not 200 within {timeout} s: {self.log()}")

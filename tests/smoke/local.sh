@@ -92,10 +92,13 @@ cold="$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")"
 echo "local.sh: cold start to first 200 /ping: ${cold} s"
 
 # A question the demo model has memorised, and its answer.
-read -r question answer < <(python3 -c '
+mapfile -t qa < <(python3 -c '
 import json, sys
 row = json.loads(open(sys.argv[1]).readline())
-print(json.dumps(row["question"]), json.dumps(row["answer"]))' "$QA_FILE")
+print(json.dumps(row["question"]))
+print(json.dumps(row["answer"]))' "$QA_FILE")
+question="${qa[0]}"
+answer="${qa[1]}"
 body="{\"inputs\": $question}"
 status="$(request POST /invocations application/json "$body")"
 [[ "$status" == 200 ]] || die "POST /invocations $body -> $status: $(cat "$WORK/body")"

@@ -8,7 +8,8 @@
 #   6. hadolint on both Dockerfiles
 #   7. build Dockerfile.gpu on the same base with the CPU torch wheel (proves it builds)
 #   8. moto_server (the ECR API) + Debian's registry with htpasswd auth: build.sh --push
-#   9. remove the local image, pull it back by digest, smoke-test it (tests/smoke/local.sh)
+#   9. remove the local image, pull it back by digest, smoke-test it (tests/smoke/local.sh);
+#      smoke-test the GPU image on the CPU too; tests/smoke/local_gpu.sh says SKIPPED here
 #  10. container tests (tests/container/) against the image pulled by digest
 #
 # Two ways to run it:
@@ -305,6 +306,8 @@ dci_pull_started=$SECONDS
 docker pull -q "$dci_digest_uri"
 dci_facts+=("pull by digest: $((SECONDS - dci_pull_started)) s")
 bash tests/smoke/local.sh "$dci_digest_uri"
+# The GPU image built here carries the CPU wheel: its single-model stack runs on the CPU.
+bash tests/smoke/local.sh "$GPU_IMAGE"
 bash tests/smoke/local_gpu.sh "$GPU_IMAGE"
 export CPU_IMAGE="$dci_digest_uri"
 

@@ -20,13 +20,19 @@ bench: deps
 
 deps: venv system-packages
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed .venv-sdk/.installed
 
 $(VENV)/.installed: requirements/cpu.txt requirements/test.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 		($(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements/test.txt
+	touch $@
+
+# The SageMaker SDK's local-mode client, for one test; its own venv (it needs protobuf<7).
+.venv-sdk/.installed: requirements/sdk.txt $(VENV)/.installed
+	$(PYTHON) -m venv .venv-sdk
+	.venv-sdk/bin/pip install --disable-pip-version-check -q -r requirements/sdk.txt
 	touch $@
 
 # nginx for the flask stack, Java for multi-model-server.
@@ -40,4 +46,4 @@ system-packages:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-sdk .pytest_cache

@@ -1,7 +1,9 @@
 """Model artifacts: a SageMaker model dir (or model.tar.gz), checked before anything loads it."""
 
+import atexit
 import json
 import os
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -20,9 +22,14 @@ def extract_archive(archive: Path, target: Path) -> Path:
     Python's ``data`` filter refuses absolute paths, ``..``, links pointing outside the
     target, and device files; the error names the offending member.
     """
+    def refuse_absolute(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+        if os.path.isabs(member.name):  # the data filter would strip the "/" and extract it
+            raise tarfile.AbsolutePathError(member)
+        return tarfile.data_filter(member, path)
+
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
+            tar.extractall(target, filter=refuse_absolute)
     except tarfile.FilterError as exc:
         raise ModelLoadError(f"refusing to extract {archive.name}: member "
                              f"{exc.tarinfo.name!r} is unsafe ({exc})") from None
@@ -31,18 +38,25 @@ def extract_archive(archive: Path, target: Path) -> Path:
     return target
 
 
+def scratch_dir() -> Path:
+    """A private dir for an extracted archive, removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix="model-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """A model dir, or an archive extracted into a fresh temporary dir."""
     path = Path(path)
     if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
-        return extract_archive(path, Path(tempfile.mkdtemp(prefix="model-")))
+        return extract_archive(path, scratch_dir())
     if not path.is_dir():
         raise ModelLoadError(f"model directory {str(path)!r} does not exist")
     if not any(path.iterdir()):
         raise ModelLoadError(f"model directory {str(path)!r} is empty")
     archives = [p for p in path.iterdir() if p.name == "model.tar.gz"]
     if archives and not (path / "config.json").exists():
-        return extract_archive(archives[0], Path(tempfile.mkdtemp(prefix="model-")))
+        return extract_archive(archives[0], scratch_dir())
     return path
 
 

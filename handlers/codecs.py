@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers import content_types
-from handlers.errors import BadRequest, UnsupportedMediaType
+from handlers.errors import BadRequest, NotAcceptable, UnsupportedMediaType
 from handlers.generation import GenerationParams, parse_parameters
 
 QA_TEMPLATE = "Read this and answer the question\n\n{context}\n\n{question}"
@@ -59,8 +59,9 @@ def decode_text(body: bytes, charset: str | None) -> str:
     except LookupError:
         raise UnsupportedMediaType(f"unsupported charset {charset!r}") from None
     except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
         raise BadRequest(f"body is not valid {charset}: byte 0x{body[exc.start]:02x} "
-                         f"at offset {exc.start}") from None
+                         f"at offset {exc.start} (line {line})") from None
 
 
 def _prompt(value: Any, where: str) -> str:
@@ -78,10 +79,13 @@ def record_from_json(obj: Any, cap: int, where: str = "body") -> tuple[Record, b
     if not isinstance(obj, dict):
         raise BadRequest(f"{where} must be a JSON object with 'inputs', got {type(obj).__name__}")
     parameters = obj.get("parameters")
-    params = parse_parameters(parameters, max_new_tokens_cap=cap)
+    try:
+        params = parse_parameters(parameters, max_new_tokens_cap=cap)
+    except BadRequest as exc:
+        raise BadRequest(f"{where}: {exc.message}") from None
     stream = obj.get("stream", isinstance(parameters, dict) and parameters.get("stream", False))
     if not isinstance(stream, bool):
-        raise BadRequest(f"'stream' must be true or false, got {stream!r}")
+        raise BadRequest(f"{where}: 'stream' must be true or false, got {stream!r}")
     if "inputs" in obj:
         inputs = obj["inputs"]
         if isinstance(inputs, list):
@@ -109,6 +113,12 @@ def _load_json(text: str, where: str) -> Any:
                          f"column {exc.colno}") from None
 
 
+def json_lines(text: str) -> list[str]:
+    """JSON Lines split on newlines only (``str.splitlines`` also splits on U+2028, which
+    JSON strings may hold raw)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def decode(body: bytes, content_type: str | None, accept: str, cap: int) -> Payload:
     """Parse a request body; every error says what is wrong and where."""
     media_type, params = content_types.parse(content_type)
@@ -126,7 +136,7 @@ def decode(body: bytes, content_type: str | None, accept: str, cap: int) -> Payl
         return Payload((record,), media_type, accept, stream)
     if media_type == content_types.JSONLINES:
         records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(json_lines(text), start=1):
             if line.strip():
                 where = f"line {number}"
                 record, stream = record_from_json(_load_json(line, where), cap, where)
@@ -202,7 +212,9 @@ def encode(payload: Payload, generations: list[Generation]) -> tuple[bytes, str]
         for generation in generations:
             writer.writerow(generation.texts)
         return out.getvalue().encode(), accept
-    return "\n".join(t for g in generations for t in g.texts).encode(), content_types.TEXT
+    if accept == content_types.TEXT:
+        return "\n".join(t for g in generations for t in g.texts).encode(), accept
+    raise NotAcceptable(f"cannot produce {accept!r}; supported: {', '.join(content_types.WRITABLE)}")
 
 
 def decode_object(body: bytes, content_type: str | None) -> Any:
@@ -219,7 +231,7 @@ def decode_object(body: bytes, content_type: str | None) -> Any:
     if media_type == content_types.JSON:
         return _load_json(text, "body")
     if media_type == content_types.JSONLINES:
-        return [_load_json(line, f"line {n}") for n, line in enumerate(text.splitlines(), 1)
+        return [_load_json(line, f"line {n}") for n, line in enumerate(json_lines(text), 1)
                 if line.strip()]
     if media_type == content_types.CSV:
         return [r.prompts[0] for r in _decode_csv(text)]

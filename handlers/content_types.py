@@ -41,6 +41,11 @@ def negotiate(accept: str | None, request_type: str, default: str | None,
     the request's own type when we can write it, else JSON. Otherwise the acceptable type
     with the highest q-value, in the caller's order.
     """
+    if default:
+        default = parse(default)[0]
+        if default not in writable:
+            raise NotAcceptable(f"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={default!r} is not a type this "
+                                f"server writes; supported: {', '.join(writable)}")
     fallback = default or (request_type if request_type in writable else JSON)
     if not accept or not accept.strip():
         return fallback

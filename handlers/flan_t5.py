@@ -133,8 +133,10 @@ class FlanT5Model:
         for index, (_, params) in enumerate(requests):
             groups[params].append(index)
         for params, indexes in groups.items():
-            for start in range(0, len(indexes), self.max_batch_size):
-                chunk = indexes[start:start + self.max_batch_size]
+            # A seeded sample must not depend on what shares its batch: one prompt per call.
+            size = 1 if params.seed is not None else self.max_batch_size
+            for start in range(0, len(indexes), size):
+                chunk = indexes[start:start + size]
                 try:
                     outputs = self._generate([requests[i][0] for i in chunk], params)
                 except Exception as exc:  # a model failure is this group's 500, not the server's

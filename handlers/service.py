@@ -88,12 +88,12 @@ class ScriptPayload:
 
 def encode_any(value: Any, accept: str) -> tuple[bytes, str]:
     """A user hook's return value -> (body, content type). ``(body, type)`` tuples are honoured;
-    bytes and (for text accepts) strings pass as they are; anything else becomes JSON."""
+    bytes and strings pass as they are; anything else becomes JSON."""
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str):
         value, accept = value
     if isinstance(value, (bytes, bytearray)):
         return bytes(value), accept
-    if isinstance(value, str) and not accept.endswith("json"):
+    if isinstance(value, str):  # already encoded by the script, as sagemaker-inference sends it
         return value.encode(), accept
     try:
         return json.dumps(value, ensure_ascii=False).encode(), content_types.JSON
@@ -139,26 +139,28 @@ class ScriptService:
     def decode(self, body: bytes, content_type: str | None, accept: str | None) -> ScriptPayload:
         media_type = content_types.parse(content_type)[0] or content_types.JSON
         content_type = content_type or media_type
-        accept = accept.strip() if accept and accept.strip() not in ("", "*/*") else \
+        script_accept = accept.strip() if accept and accept.strip() not in ("", "*/*") else \
             (self.config.default_accept or content_types.JSON)
         if self.raw:
-            return ScriptPayload(body, accept, content_type)
+            return ScriptPayload(body, script_accept, content_type)
         if self.script.has("input_fn"):
             data = self.script.call("input_fn", body, content_type, context=self.context)
         elif not self.batchable:
             data = codecs.decode_object(body, content_type)
         else:
-            data = self.default.decode(body, content_type, self._our_accept(accept))
+            data = self.default.decode(body, content_type, self._our_accept(content_type, accept))
         if self.batchable and not isinstance(data, Payload):
             if isinstance(data, list) and data and all(isinstance(d, str) for d in data):
                 data = {"inputs": data}
             record, stream = codecs.record_from_json(data, self.config.max_new_tokens, "input_fn result")
-            data = Payload((record,), content_types.JSON, self._our_accept(accept), stream)
-        return ScriptPayload(data, accept, content_type)
+            data = Payload((record,), content_types.JSON, self._our_accept(content_type, accept), stream)
+        return ScriptPayload(data, script_accept, content_type)
 
-    def _our_accept(self, accept: str) -> str:
+    def _our_accept(self, content_type: str, accept: str | None) -> str:
         # With a user output_fn our codec only shapes the answer (JSON); the script encodes.
-        return content_types.JSON if self.script.has("output_fn") else accept
+        if self.script.has("output_fn"):
+            return content_types.JSON
+        return self.default.negotiate(content_type, accept)
 
     def predict(self, payloads: list[ScriptPayload]) -> list:
         if self.batchable:

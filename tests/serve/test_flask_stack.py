@@ -4,12 +4,13 @@ import concurrent.futures
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
 import requests
 
-from tests.procs import DEMO_MODEL, Server, alive, children, cmdline, descendants
+from tests.procs import DEMO_MODEL, REPO, Server, alive, children, cmdline, descendants
 
 MIB = 1024 * 1024
 
@@ -166,16 +167,30 @@ def test_streaming_sends_tokens_as_chunks(server, qa_pairs):
     assert events[-1] == {"generated_text": full}
 
 
-def test_sagemaker_sdk_local_runtime_client(tmp_path):
-    """The real SageMaker SDK's local mode client posts to localhost:8080."""
-    local = pytest.importorskip("sagemaker.local.local_session")
+SDK_CLIENT = """
+import json, sys
+from sagemaker.local.local_session import LocalSagemakerRuntimeClient
+response = LocalSagemakerRuntimeClient().invoke_endpoint(
+    Body=json.dumps({"inputs": sys.argv[1]}), EndpointName="local",
+    ContentType="application/json", Accept="application/json",
+    CustomAttributes="trace=sdk")
+print(json.dumps({"body": json.loads(response["Body"].read()),
+                  "attributes": response.get("CustomAttributes")}))
+"""
+
+
+def test_sagemaker_sdk_local_runtime_client(tmp_path, qa_pairs):
+    """The real SageMaker SDK (v2) local-mode client, which posts to localhost:8080."""
+    sdk_python = REPO / ".venv-sdk" / "bin" / "python"
+    if not sdk_python.exists():
+        pytest.fail(".venv-sdk is missing: run `make venv` (requirements/sdk.txt)")
+    pair = qa_pairs[2]
     with Server(port=8080, log_path=tmp_path / "serve.log"):
-        client = local.LocalSagemakerRuntimeClient()
-        response = client.invoke_endpoint(Body=json.dumps({"inputs": "Where was Ada Lovelace born?"}),
-                                          EndpointName="local", ContentType="application/json",
-                                          Accept="application/json")
-        answer = json.loads(response["Body"].read())
-    assert isinstance(answer[0]["generated_text"], str)
+        run = subprocess.run([sdk_python, "-c", SDK_CLIENT, pair["question"]], capture_output=True,
+                             text=True, timeout=120, env=dict(os.environ, SAGEMAKER_SUPPRESS_V2_WARNING="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["body"] == [{"generated_text": pair["answer"]}]
 
 
 def test_request_timeout_gives_504(tmp_path, qa_pairs):

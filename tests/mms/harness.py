@@ -4,6 +4,7 @@ tests, and what the process table says about it."""
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,7 @@ class MmsServer:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.java_pid: int | None = None
+        self.private_dir: Path | None = None  # the launcher removes it; a killed one cannot
         self.seen_pids: set[int] = set()
 
     def start(self) -> "MmsServer":
@@ -100,8 +102,11 @@ class MmsServer:
         """Note Java (its pid is the group of every worker) and every descendant seen."""
         for pid in descendants(self.proc.pid):
             self.seen_pids.add(pid)
-            if MMS_MAIN in cmdline(pid):
+            java = cmdline(pid)
+            if MMS_MAIN in java:
                 self.java_pid = pid
+                config = re.search(r" -f (\S+)/config\.properties", java)
+                self.private_dir = Path(config.group(1)) if config else None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -162,6 +167,8 @@ class MmsServer:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if self.private_dir is not None and self.private_dir.name.startswith("mms-"):
+            shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1):

@@ -42,11 +42,12 @@ class ModelServer:
         self.service = load_service(self.settings.model_dir, self.config)
         log.info("model loaded from %s in %.2f s", self.settings.model_dir, time.monotonic() - started)
 
-    def start(self) -> None:
+    def start(self) -> Batcher:
         """In the worker: start the model thread (load if not preloaded, place, warm up)."""
         self.batcher = Batcher(self, self.config.max_batch_size, self.settings.max_batch_wait_ms / 1000)
         self.batcher.on_fatal = self._fatal
         self.batcher.start(self._prepare)
+        return self.batcher
 
     def predict(self, payloads):  # the batcher calls this on the model thread
         return self.service.predict(payloads)

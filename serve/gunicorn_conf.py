@@ -7,7 +7,10 @@ starts its model thread, which warms up before /ping says 200.
 
 import os
 
-import torch
+# Ask whether a GPU exists without initialising CUDA here: a forked worker cannot use CUDA
+# that its parent initialised.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+import torch  # noqa: E402
 
 from serve import logs
 from serve.settings import Settings
@@ -32,4 +35,8 @@ control_socket_disable = True  # its default path is shared by every gunicorn on
 
 
 def post_worker_init(worker):
-    worker.wsgi.extensions["model_server"].start()
+    """Accept requests only once this worker's model is warm (until then they wait in the
+    socket's backlog or go to a ready worker), telling the arbiter meanwhile that we live."""
+    batcher = worker.wsgi.extensions["model_server"].start()
+    while not batcher.ready.wait(1):
+        worker.notify()

@@ -95,8 +95,7 @@ class Supervisor:
                    SERVE_UPSTREAM=f"fd://{sock.fileno()}",
                    OMP_NUM_THREADS=str(s.torch_threads),
                    TOKENIZERS_PARALLELISM="false",
-                   HF_HUB_OFFLINE="1",
-                   PYTORCH_NVML_BASED_CUDA_CHECK="1")  # ask for a GPU without initialising CUDA
+                   HF_HUB_OFFLINE="1")
         self.children["gunicorn"] = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf", "serve.wsgi:app"],
             env=env, cwd=REPO_ROOT, pass_fds=(sock.fileno(),))

@@ -2,7 +2,7 @@
 
     from handlers import load_model, predict
     model = load_model("demo/model")
-    predict(model, ["Where was Ada Lovelace born?"])   # [{"generated_text": "..."}]
+    predict(model, ["Where was Alnor Quarenard born?"])   # [{"generated_text": "Solvi"}]
 
 The HTTP stacks use ``load_service`` (see ``handlers.service``). Names are imported lazily,
 so ``handlers.config`` and ``handlers.errors`` stay cheap (no torch) for supervisors.

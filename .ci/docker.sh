@@ -142,9 +142,22 @@ for dci_pkg in docker.io debootstrap docker-registry apache2-utils; do
     dpkg -s "$dci_pkg" >/dev/null 2>&1 || dci_missing+=("$dci_pkg")
 done
 if [[ ${#dci_missing[@]} -gt 0 ]]; then
+    # The packages' own services (a system dockerd, a registry) must not start: this script
+    # starts its own. policy-rc.d answering 101 tells the maintainer scripts so.
+    dci_policy_added=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        dci_policy_added=1
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${dci_missing[@]}" >/dev/null
+    [[ $dci_policy_added -eq 0 ]] || rm -f /usr/sbin/policy-rc.d
+fi
+if pgrep -x dockerd >/dev/null; then
+    echo "docker.sh: warning: another dockerd is running (pid $(pgrep -x dockerd | tr '\n' ' '));" \
+         "this one shares the docker0 bridge with it" >&2
 fi
 
 # Tools from PyPI, in their own venv (installed in the background while images build).

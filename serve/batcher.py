@@ -1,8 +1,9 @@
 """The one thread that owns the model: requests from many HTTP threads are batched into it.
 
 Whatever is queued when the model becomes free runs as one ``service.predict`` call (up to
-``max_batch`` prompts), so batches form under load with no added latency when idle;
-``max_wait_s`` can hold a batch open a little longer to fill it.
+``max_batch`` prompts), so batches form under load with no added latency when idle. Under
+load, ``max_wait_s`` holds a batch open a little to let the callers of the last batch,
+who are sending their next requests, join it.
 """
 
 import logging
@@ -35,6 +36,7 @@ class Batcher:
     def __init__(self, service, max_batch: int, max_wait_s: float):
         self.service, self.max_batch, self.max_wait_s = service, max_batch, max_wait_s
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._last_requests = 0
         self.state = "starting"  # starting -> ready | failed: <reason>
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._main, name="model", daemon=True)
@@ -84,13 +86,16 @@ class Batcher:
         """Called on the model thread when the model cannot serve; the app replaces it."""
 
     def _collect(self) -> tuple[list[Job], list[StreamJob]]:
+        """What is queued now, plus - under load only (the last batch held several
+        requests) - what arrives within ``max_wait_s`` until the batch is as big as the last."""
         first = self.queue.get()
         jobs, streams = ([first], []) if isinstance(first, Job) else ([], [first])
         size = sum(j.size for j in jobs)
-        deadline = time.monotonic() + self.max_wait_s
+        wait = self.max_wait_s if self._last_requests > 1 else 0.0
+        deadline = time.monotonic() + wait
         while size < self.max_batch:
+            remaining = deadline - time.monotonic() if len(jobs) < self._last_requests else 0
             try:
-                remaining = deadline - time.monotonic()
                 job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
             except queue.Empty:
                 break
@@ -99,12 +104,14 @@ class Batcher:
                 continue
             jobs.append(job)
             size += job.size
+        self._last_requests = len(jobs)
         return jobs, streams
 
     def _run_once(self) -> None:
         jobs, streams = self._collect()
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
         if jobs:
+            log.debug("batch: %d request(s), %d prompt(s)", len(jobs), sum(j.size for j in jobs))
             try:
                 results = self.service.predict([j.payload for j in jobs])
             except BaseException as exc:  # predict reports per-item errors; this is a bug guard

@@ -9,12 +9,13 @@ def configure(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format=FORMAT, force=True)
 
 
-GUNICORN_LOGCONFIG = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"oneline": {"format": FORMAT}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "oneline",
-                            "stream": "ext://sys.stderr"}},
-    "root": {"level": "INFO", "handlers": ["stderr"]},
-    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False}},
-}
+def gunicorn_logconfig(level: str = "INFO") -> dict:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"oneline": {"format": FORMAT}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "oneline",
+                                "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False}},
+    }

@@ -121,23 +121,23 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return rss / 1024, pss / 1024
 
 
-def run_model(name: str, model_dir: Path, n: int, random_weights: bool, rows: list, tmp: Path) -> None:
+def run_model(name: str, model_dir: Path, n: int, random_weights: bool, rows: list, facts: list,
+              tmp: Path) -> None:
     raw = bench_raw(model_dir, n, random_weights)
     for label, figures in raw.items():
         rows.append((name, label, *figures))
     started = time.perf_counter()
     with Server(model_dir, log_path=tmp / f"{name}.log") as srv:
         cold = time.perf_counter() - started
-        rows.append((name, "stack cold start (s)", cold, 0, 0))
         for concurrency in (1, 8):
             figures = bench_http(srv.url, n, concurrency, random_weights)
-            rows.append((name, f"stack concurrency {concurrency}", *figures))
+            rows.append((name, f"stack, concurrency {concurrency}", *figures))
         mem1 = rss_mb(srv.proc.pid)
     with Server(model_dir, env={"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}, log_path=tmp / f"{name}-2.log") as srv:
         bench_http(srv.url, 16, 2, random_weights)
         mem2 = rss_mb(srv.proc.pid)
     weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**20
-    rows.append((name, "memory MB (weights, PSS 1 worker, PSS 2 workers)", weights, mem1[1], mem2[1]))
+    facts.append((name, cold, weights, mem1, mem2))
 
 
 def main() -> None:
@@ -145,19 +145,28 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
     rows: list = []
+    facts: list = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run_model("demo", DEMO_MODEL, args.requests, False, rows, tmp)
-        run_model("t5-small-shape", build_t5_small(tmp / "t5-small"), args.requests // 2, True, rows, tmp)
+        run_model("demo", DEMO_MODEL, args.requests, False, rows, facts, tmp)
+        run_model("t5-small-shape", build_t5_small(tmp / "t5-small"), args.requests // 2, True, rows,
+                  facts, tmp)
     print("| model | system | req/s | p50 ms | p99 ms |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row[0]} | {row[1]} | {row[2]:.2f} | {row[3]:.1f} | {row[4]:.1f} |")
     print()
+    print("| model | cold start (start -> first 200 /ping) s | weights MB | RSS / PSS 1 worker MB "
+          "| RSS / PSS 2 workers MB |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, cold, weights, mem1, mem2 in facts:
+        print(f"| {name} | {cold:.2f} | {weights:.1f} | {mem1[0]:.0f} / {mem1[1]:.0f} "
+              f"| {mem2[0]:.0f} / {mem2[1]:.0f} |")
+    print()
     by = {(r[0], r[1]): r for r in rows}
     for model in ("demo", "t5-small-shape"):
-        c1, raw1 = by[(model, "stack concurrency 1")], by[(model, "raw batch 1")]
-        c8, raw8 = by[(model, "stack concurrency 8")], by[(model, "raw batched 8")]
+        c1, raw1 = by[(model, "stack, concurrency 1")], by[(model, "raw batch 1")]
+        c8, raw8 = by[(model, "stack, concurrency 8")], by[(model, "raw batched 8")]
         print(f"{model}: p50 at concurrency 1 = {c1[3]:.1f} ms vs raw {raw1[3]:.1f} ms "
               f"({c1[3] / raw1[3]:.2f}x, +{c1[3] - raw1[3]:.1f} ms); throughput at concurrency 8 = "
               f"{c8[2] / raw8[2]:.2f}x raw batched generate")

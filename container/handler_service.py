@@ -14,18 +14,15 @@ Tracebacks go to the log only.
 import http
 import logging
 import os
+import struct
 import threading
 import time
 
 from container import load_status
-from container.mms_config import ENV_MAX_RESPONSE_BYTES, ENV_STATE_DIR
+from container.mms_config import ENV_MAX_RESPONSE_BYTES, ENV_STATE_DIR, ORIGINAL_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
-# The front sends the caller's Content-Type here (MMS would parse form and multipart
-# bodies itself and hand the worker no body at all) and marks our answers with the other.
-ORIGINAL_CONTENT_TYPE = "x-serve-content-type"
-ANSWERED_BY = "X-Serve-Answered-By"
 LOADING = (503, b'{"error": "the model is still loading; retry shortly", "code": 503}')
 
 
@@ -82,8 +79,10 @@ class HandlerService:
         except Exception as exc:  # noqa: BLE001 - any failure must be reported, not raised
             log.error("model %s failed to load from %s", context.model_name, model_dir, exc_info=True)
             self.failure = _error_status(exc)
-        self.loaded.set()
-        self._report(context, time.monotonic() - started, kind)
+        try:
+            self._report(context, time.monotonic() - started, kind)
+        finally:
+            self.loaded.set()
 
     def _report(self, context, seconds: float, kind: str) -> None:
         state_dir = os.environ.get(ENV_STATE_DIR)
@@ -117,7 +116,7 @@ class HandlerService:
             body = item.get("body") if isinstance(item, dict) else None
             body = bytes(body) if isinstance(body, (bytes, bytearray)) else \
                 (body.encode() if isinstance(body, str) else b"")
-            content_type = headers.get(ORIGINAL_CONTENT_TYPE) or headers.get("content-type")
+            content_type = headers.get(ORIGINAL_CONTENT_TYPE.lower()) or headers.get("content-type")
             try:
                 decoded[idx] = self.service.decode(body, content_type or None, headers.get("accept"))
             except Exception as exc:  # noqa: BLE001 - one bad item fails only itself
@@ -161,5 +160,19 @@ class HandlerService:
             phrase = ""
         context.set_response_status(status, phrase, idx)
         context.set_response_content_type(idx, content_type)
-        context.set_response_header(idx, ANSWERED_BY, "handler")
         return body
+
+
+def _send_no_response_headers() -> None:
+    """Work around an MMS 1.1.11 bug: its Java decoder reads the per-item response-header
+    map with the bytes received *so far* as the size limit (``CodecUtils.readMap``), so a
+    worker answer that arrives in two socket reads with the split inside that map is taken
+    for a corrupt frame: MMS drops the worker and fails every request in flight with
+    "Worker died." (seen under concurrency, with batches). Status, reason phrase and
+    content type travel in fields of their own, so the map is sent empty."""
+    from mms.protocol import otf_message_handler
+
+    otf_message_handler.encode_response_headers = lambda _headers: struct.pack("!i", 0)
+
+
+_send_no_response_headers()

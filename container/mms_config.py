@@ -20,6 +20,9 @@ HANDLER_MODULE = "container.handler_service"  # MMS imports it in each worker
 # Environment the handler service reads in each worker (set by the launcher).
 ENV_STATE_DIR = "SERVE_MMS_STATE_DIR"
 ENV_MAX_RESPONSE_BYTES = "SERVE_MMS_MAX_RESPONSE_BYTES"
+# The front sends the caller's Content-Type to the worker in this header: MMS parses form
+# and multipart bodies itself and would hand the worker no body at all.
+ORIGINAL_CONTENT_TYPE = "X-Serve-Content-Type"
 
 
 class ConfigValueError(ValueError):

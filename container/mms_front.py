@@ -25,9 +25,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from container.handler_service import ANSWERED_BY, ORIGINAL_CONTENT_TYPE
 from container.http_errors import ApiError
-from container.mms_client import MmsClient, MmsUnavailable
+from container.mms_client import MmsClient, MmsResponse, MmsUnavailable
+from container.mms_config import ORIGINAL_CONTENT_TYPE
 from container.model_registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,15 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "trailer", "transfer-encoding", "upgrade", "host", "content-length", "content-type",
               "expect"}
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
+
+
+def is_mms_error(resp: MmsResponse) -> bool:
+    """Whether MMS itself answered (``{"code", "type": "...Exception", "message"}``) rather
+    than our handler service (``{"error", "code"}``, or the model's answer)."""
+    if resp.status < 400:
+        return False
+    body = resp.json()
+    return set(body) == {"code", "type", "message"}
 
 
 class Front:
@@ -223,7 +232,7 @@ class FrontHandler(BaseHTTPRequestHandler):
         extra = {}
         if self.headers.get(CUSTOM_ATTRIBUTES) is not None:
             extra[CUSTOM_ATTRIBUTES] = self.headers[CUSTOM_ATTRIBUTES]
-        if resp.headers.get(ANSWERED_BY.lower()):
+        if not is_mms_error(resp):
             content_type = resp.headers.get("content-type") or "application/octet-stream"
             return self._send(resp.status, resp.body, content_type, extra)
         # MMS answered by itself: queue full, worker timed out or died, model just unloaded.

@@ -42,7 +42,14 @@ DEFAULT_MODEL_NAME = "model"
 MMS_MAX_PORT = 32766  # MMS's Connector refuses 32767 and up
 RANDOM_PORTS = (20000, MMS_MAX_PORT + 1)
 MAX_SOCKET_DIR = 80  # AF_UNIX paths stop at 107 bytes; MMS appends "/.mms.sock.9000" etc.
-DRAIN_MAX_S = 20  # SageMaker sends SIGKILL ~30 s after SIGTERM: leave time to stop Java
+DRAIN_MAX_S = 20
+# MMS batching stays off (batch_size 1): MMS 1.1.11's Java decoder reads a worker's answer
+# with unchecked reads (ModelResponseDecoder: the per-item status int; CodecUtils.readMap),
+# and takes an answer that arrives in more than one 512-byte socket read for a corrupt
+# frame: it drops the worker ("Worker died.", the model reloads). Batched answers are
+# longer than 512 bytes and crash it within seconds at concurrency 8; a single item's
+# unchecked fields always sit in the first read. Requests run one per worker instead.
+MMS_BATCH_SIZE = 1  # SageMaker sends SIGKILL ~30 s after SIGTERM: leave time to stop Java
 
 
 def pick_internal_port(safe_port_range: tuple[int, int] | None, exclude: set[int]) -> int:
@@ -143,7 +150,7 @@ class MmsStack:
     def unpack_default_model(self) -> Path:
         """MMS loads directories only: a model.tar.gz given as the model is unpacked into
         the private directory (refusing members that would land outside it)."""
-        path = Path(self.model_dir)
+        path = Path(os.path.realpath(self.model_dir))
         if not path.is_file():
             return path
         target = self.private / "model"
@@ -226,8 +233,7 @@ class MmsStack:
 
 def run(model_dir: str | None, *, port: int, safe_port_range: tuple[int, int] | None, workers: int,
         timeout_s: int, max_payload_bytes: int, multi_model: bool, bind_host: str = "0.0.0.0",
-        torch_threads: int | None = None, model_root: str = DEFAULT_MODEL_ROOT, batch_size: int = 8,
-        max_batch_delay_ms: int = 5, memory_budget_bytes: int | None = None,
+        torch_threads: int | None = None, model_root: str = DEFAULT_MODEL_ROOT, memory_budget_bytes: int | None = None,
         memory_reserve_bytes: int = 256 * memory.MiB, startup_timeout_s: int = 120,
         load_timeout_s: int = 600, java_heap_mb: int = 512) -> int:
     """Serve until SIGTERM/SIGINT (exit code 0) or until MMS dies (1). See the module doc."""
@@ -241,8 +247,8 @@ def run(model_dir: str | None, *, port: int, safe_port_range: tuple[int, int] | 
             model_dir=model_dir, port=port, bind_host=bind_host, safe_port_range=safe_port_range,
             workers=workers, timeout_s=timeout_s, max_payload_bytes=max_payload_bytes,
             multi_model=multi_model, model_root=model_root,
-            torch_threads=torch_threads or max(1, cores // workers), batch_size=batch_size,
-            max_batch_delay_ms=max_batch_delay_ms,
+            torch_threads=torch_threads or max(1, cores // workers), batch_size=MMS_BATCH_SIZE,
+            max_batch_delay_ms=0,
             policy=MemoryPolicy(reserve_bytes=memory_reserve_bytes, budget_bytes=memory_budget_bytes),
             startup_timeout_s=startup_timeout_s, load_timeout_s=load_timeout_s, java_heap_mb=java_heap_mb)
     except OSError as exc:
@@ -280,8 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=60, help="per-request timeout, seconds")
     p.add_argument("--max-payload-bytes", type=int, default=6 * 1024 * 1024)
     p.add_argument("--torch-threads", type=int)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-batch-delay-ms", type=int, default=5)
     p.add_argument("--memory-budget-mb", type=int, help="most memory all model workers together may use")
     p.add_argument("--memory-reserve-mb", type=int, default=256, help="free memory a load must leave")
     p.add_argument("--load-timeout", type=int, default=600, help="seconds a model may take to load")
@@ -290,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     return run(args.model_dir, port=args.port, safe_port_range=port_range, workers=args.workers,
                timeout_s=args.timeout, max_payload_bytes=args.max_payload_bytes, multi_model=args.multi_model,
                bind_host=args.bind_host, torch_threads=args.torch_threads, model_root=args.model_root,
-               batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                memory_budget_bytes=args.memory_budget_mb * memory.MiB if args.memory_budget_mb else None,
                memory_reserve_bytes=args.memory_reserve_mb * memory.MiB, load_timeout_s=args.load_timeout)
 

@@ -50,7 +50,7 @@ def tmpdir_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(root, safe_range, tmpdir_base, tmp_path_factory):
     srv = MmsServer("--multi-model", "--model-root", str(root), "--timeout", str(TIMEOUT_S),
-                    "--safe-port-range", f"{safe_range[0]}-{safe_range[1]}", "--max-batch-delay-ms", "100",
+                    "--safe-port-range", f"{safe_range[0]}-{safe_range[1]}",
                     log_path=tmp_path_factory.mktemp("log") / "mms.log", env={"TMPDIR": str(tmpdir_base)})
     srv.start().wait_ready()
     try:
@@ -147,7 +147,7 @@ def test_form_bodies_reach_the_handler_untouched(server):
     assert "Traceback" not in r.text
 
 
-def test_every_item_of_an_mms_batch_gets_its_own_answer(server):
+def test_concurrent_requests_each_get_their_own_answer(server):
     bodies = [json.dumps({"echo": i}) if i % 3 else "{broken" for i in range(8)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda b: server.invoke("echo", b), bodies))

@@ -198,6 +198,10 @@ def stacks(work: Path, hf_python: Path | None, multi_model: bool) -> list[Server
                                      "--bind-host", "127.0.0.1", *args], base, port, LOGS / "mms.log"))
     if not multi_model:
         port = free_port()
+        out.append(Server("mms (ours, 2 workers)", [sys.executable, "-m", "container.mms_server", "--port", str(port),
+                                                    "--bind-host", "127.0.0.1", "--workers", "2", *args],
+                          base, port, LOGS / "mms2.log"))
+        port = free_port()
         out.append(Server("flask (ours)", [sys.executable, "-m", "serve", "--model-dir", str(DEMO)],
                           dict(base, SAGEMAKER_BIND_TO_PORT=str(port)), port, LOGS / "flask.log"))
     if hf_python:

@@ -143,6 +143,14 @@ class MmsServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
+    def model_workers(self, name: str) -> list[int]:
+        """This server's processes for model ``name`` (MMS's listener + the process it forked)."""
+        from container.model_registry import mms_name
+
+        self.remember_processes()
+        flag = f"--model-name {mms_name(name)} "
+        return [pid for pid in group_members(self.java_pid) if flag in cmdline(pid) + " "]
+
     def leftovers(self) -> list[str]:
         """Processes of this server still alive: anything in MMS's group or seen earlier."""
         pids = set(self.seen_pids)

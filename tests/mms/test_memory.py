@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from container import memory
-from container.model_registry import mms_name
 from tests.mms.harness import MIB, MmsServer, make_model, wait_until
-from tests.procs import alive, cmdline
+from tests.procs import alive
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_507_over_the_budget_then_unload_returns_memory(root, tmp_path):
         assert r.status_code == 507 and "budget" in r.json()["error"], r.text
         total = sum(srv.get(f"/models/{n}").json()["memoryPssBytes"] for n in loaded)
         assert total <= 700 * MIB
-        pids = [int(p) for n in loaded for p in _workers(n)]
+        pids = [p for n in loaded for p in srv.model_workers(n)]
         for name in loaded:
             assert srv.delete(f"/models/{name}").status_code == 200
         assert wait_until(lambda: not [p for p in pids if alive(p)], 10)
@@ -68,10 +67,3 @@ def test_507_over_the_budget_then_unload_returns_memory(root, tmp_path):
         assert srv.leftovers() == []
     finally:
         srv.kill_leftovers()
-
-
-def _workers(name: str) -> list[str]:
-    import os
-
-    internal = mms_name(name)
-    return [p for p in os.listdir("/proc") if p.isdigit() and f"--model-name {internal} " in cmdline(int(p)) + " "]

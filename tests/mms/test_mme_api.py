@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from container.model_registry import mms_name
 from tests.mms.harness import MIB, MmsServer, demo_model_ready, make_model, wait_until
-from tests.procs import alive, cmdline
+from tests.procs import alive
 
 pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is not built yet")
 
@@ -48,11 +47,6 @@ def ask(server, model, question, **kwargs):
     r = server.invoke(model, {"inputs": question}, **kwargs)
     assert r.status_code == 200, r.text
     return r.json()[0]["generated_text"]
-
-
-def workers_of(name: str) -> list[int]:
-    internal = mms_name(name)
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and f"--model-name {internal} " in cmdline(int(p)) + " "]
 
 
 def test_ping(server):
@@ -100,7 +94,7 @@ def test_load_invoke_unload_invoke_404(server, root, qa_pairs):
     r = server.load("temp", root / "demo-a")
     assert r.status_code == 200, r.text
     assert r.json()["memoryPssBytes"] > 0
-    pids = workers_of("temp")
+    pids = server.model_workers("temp")
     assert len(pids) == 2, pids  # MMS: a listener per worker + the process it forked for the model
     assert ask(server, "temp", qa_pairs[0]["question"]) == qa_pairs[0]["answer"]
     r = server.delete("/models/temp")
@@ -138,7 +132,7 @@ def test_broken_weights_fail_clearly_and_the_others_keep_serving(server, root, q
     assert "broken" in error and "model.safetensors" in error, error
     assert "Traceback" not in r.text
     assert server.get("/models/broken").status_code == 404
-    assert workers_of("broken") == []
+    assert server.model_workers("broken") == []
     assert ask(server, "demo-a", qa_pairs[1]["question"]) == qa_pairs[1]["answer"]
 
 

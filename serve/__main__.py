@@ -7,6 +7,7 @@ endpoints (SAGEMAKER_MULTI_MODEL=true) or when SERVING_STACK=mms.
 import argparse
 import logging
 import os
+import shutil
 import sys
 
 from serve import logs
@@ -29,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("configuration error: %s", exc)
         return 2
     if settings.stack == "mms":
+        if not shutil.which("java"):
+            log.error("the multi-model stack (SAGEMAKER_MULTI_MODEL=true or SERVING_STACK=mms) runs on "
+                      "multi-model-server, which needs Java: this image has none (the GPU image serves "
+                      "single models; use the CPU image for multi-model endpoints)")
+            return 2
         from container.mms_server import run
         return run(None if settings.multi_model else settings.model_dir, port=settings.port,
                    safe_port_range=settings.safe_port_range, workers=settings.workers,

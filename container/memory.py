@@ -13,9 +13,9 @@ from pathlib import Path
 MiB = 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack",
                    ".gguf", ".model")
-# Resident memory one MMS worker for the demo model costs before its weights (Python,
-# torch, transformers, the MMS listener it was forked from), measured with
-# bench/mms_bench.py; used until the first model loaded here gives a real figure.
+# What one MMS worker costs before its weights (Python, torch, transformers, and the MMS
+# listener it was forked from): ~305 MiB PSS measured for the demo model (docs/BENCHMARKS.md),
+# rounded up. Used until the first model loaded here gives a real figure.
 DEFAULT_WORKER_FIXED_BYTES = 400 * MiB
 # A model's resident weights relative to their size on disk (fp32 safetensors: ~1.0).
 WEIGHTS_FACTOR = 1.3

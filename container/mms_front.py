@@ -14,7 +14,8 @@ Why a front at all (MMS 1.1.11 binds the public port itself in sagemaker-inferen
   it is read.
 - MMS's own errors become the same ``{"error", "code"}`` JSON the handlers send.
 
-Everything else (batching, workers, timeouts) is MMS's. The front is one thread per
+Workers, queueing and timeouts are MMS's (batching is off: see MMS_BATCH_SIZE in
+``container.mms_server``). The front is one thread per
 connection in the launcher process, with no model and no torch in it.
 """
 

@@ -1,18 +1,11 @@
-"""Errors the MMS front answers itself, in the same body shape as ``handlers.errors``.
+"""Errors the MMS front answers itself: ``handlers.errors`` with the status given per call."""
 
-(``handlers`` is not imported here: importing it loads torch, and the front process holds
-no model.)
-"""
-
-import json
+from handlers.errors import InferenceError
 
 
-class ApiError(Exception):
+class ApiError(InferenceError):
     """Becomes HTTP ``status`` with body ``{"error": message, "code": status}``."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
-        self.status, self.message = status, message
-
-    def body(self) -> bytes:
-        return json.dumps({"error": self.message, "code": self.status}).encode()
+        self.status = status

@@ -57,6 +57,11 @@ class Settings:
     max_payload_bytes: int = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB
     max_batch_wait_ms: float = 5.0  # INFERENCE_MAX_BATCH_WAIT_MS: wait to fill a batch, under load
     log_level: str = "INFO"  # LOG_LEVEL
+    # Multi-model stack only:
+    model_root: str = "/opt/ml/models"  # SERVE_MODEL_ROOT: POST /models urls must lie below it
+    memory_budget_mb: int | None = None  # SERVE_MODEL_MEMORY_BUDGET_MB: cap on loaded models
+    memory_reserve_mb: int = 256  # SERVE_MODEL_MEMORY_RESERVE_MB: free memory a load must leave
+    load_timeout_s: int = 600  # SERVE_MODEL_LOAD_TIMEOUT: seconds a POST /models may take
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], model_dir: str | None = None) -> "Settings":
@@ -98,6 +103,10 @@ class Settings:
             max_payload_bytes=payload_bytes,
             max_batch_wait_ms=max_wait,
             log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
+            model_root=env.get("SERVE_MODEL_ROOT", "").strip() or "/opt/ml/models",
+            memory_budget_mb=env_int(env, "SERVE_MODEL_MEMORY_BUDGET_MB", 0) or None,
+            memory_reserve_mb=env_int(env, "SERVE_MODEL_MEMORY_RESERVE_MB", 256, minimum=0),
+            load_timeout_s=env_int(env, "SERVE_MODEL_LOAD_TIMEOUT", 600),
         )
 
     def to_json(self) -> str:

@@ -143,14 +143,18 @@ def run_model(name: str, model_dir: Path, n: int, random_weights: bool, rows: li
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--models", default="demo,t5-small-shape", help="comma-separated subset")
     args = parser.parse_args()
+    models = args.models.split(",")
     rows: list = []
     facts: list = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run_model("demo", DEMO_MODEL, args.requests, False, rows, facts, tmp)
-        run_model("t5-small-shape", build_t5_small(tmp / "t5-small"), args.requests // 2, True, rows,
-                  facts, tmp)
+        if "demo" in models:
+            run_model("demo", DEMO_MODEL, args.requests, False, rows, facts, tmp)
+        if "t5-small-shape" in models:
+            run_model("t5-small-shape", build_t5_small(tmp / "t5-small"), args.requests // 2, True,
+                      rows, facts, tmp)
     print("| model | system | req/s | p50 ms | p99 ms |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:
@@ -164,7 +168,7 @@ def main() -> None:
               f"| {mem2[0]:.0f} / {mem2[1]:.0f} |")
     print()
     by = {(r[0], r[1]): r for r in rows}
-    for model in ("demo", "t5-small-shape"):
+    for model in models:
         c1, raw1 = by[(model, "stack, concurrency 1")], by[(model, "raw batch 1")]
         c8, raw8 = by[(model, "stack, concurrency 8")], by[(model, "raw batched 8")]
         print(f"{model}: p50 at concurrency 1 = {c1[3]:.1f} ms vs raw {raw1[3]:.1f} ms "

@@ -3,7 +3,7 @@
 Whatever is queued when the model becomes free runs as one ``service.predict`` call (up to
 ``max_batch`` prompts), so batches form under load with no added latency when idle. Under
 load, ``max_wait_s`` holds a batch open a little to let the callers of the last batch,
-who are sending their next requests, join it.
+who are sending their next requests, join it (see ``_collect``).
 """
 
 import logging
@@ -37,6 +37,7 @@ class Batcher:
         self.service, self.max_batch, self.max_wait_s = service, max_batch, max_wait_s
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self._last_requests = 0
+        self._last_duration = 0.0
         self.state = "starting"  # starting -> ready | failed: <reason>
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._main, name="model", daemon=True)
@@ -86,15 +87,18 @@ class Batcher:
         """Called on the model thread when the model cannot serve; the app replaces it."""
 
     def _collect(self) -> tuple[list[Job], list[StreamJob]]:
-        """What is queued now, plus - under load only (the last batch held several
-        requests) - what arrives within ``max_wait_s`` until the batch is as big as the last."""
+        """What is queued now; under load (the last batch held several requests) also what
+        arrives within ``max_wait_s``, until the callers of the last batch - who are sending
+        their next requests - have joined: batches then grow to the number of callers
+        instead of settling into halves that take turns."""
         first = self.queue.get()
         jobs, streams = ([first], []) if isinstance(first, Job) else ([], [first])
         size = sum(j.size for j in jobs)
-        wait = self.max_wait_s if self._last_requests > 1 else 0.0
-        deadline = time.monotonic() + wait
+        expected = self.queue.qsize() + 1 + self._last_requests if self._last_requests > 1 else 0
+        # Never wait longer than half a batch takes: waiting must cost less than it brings.
+        deadline = time.monotonic() + min(self.max_wait_s, self._last_duration / 2)
         while size < self.max_batch:
-            remaining = deadline - time.monotonic() if len(jobs) < self._last_requests else 0
+            remaining = deadline - time.monotonic() if len(jobs) < expected else 0
             try:
                 job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
             except queue.Empty:
@@ -112,11 +116,13 @@ class Batcher:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
         if jobs:
             log.debug("batch: %d request(s), %d prompt(s)", len(jobs), sum(j.size for j in jobs))
+            started = time.monotonic()
             try:
                 results = self.service.predict([j.payload for j in jobs])
             except BaseException as exc:  # predict reports per-item errors; this is a bug guard
                 log.exception("predict failed for a batch of %d", len(jobs))
                 results = [InternalError.from_exception("predict", exc)] * len(jobs)
+            self._last_duration = time.monotonic() - started
             for job, result in zip(jobs, results):
                 job.future.set_result(result)
         for job in streams:

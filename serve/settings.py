@@ -55,7 +55,7 @@ class Settings:
     torch_threads: int = 1  # INFERENCE_TORCH_THREADS (default: cores / workers)
     timeout_s: int = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT, MODEL_SERVER_TIMEOUT (seconds)
     max_payload_bytes: int = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB
-    max_batch_wait_ms: float = 5.0  # INFERENCE_MAX_BATCH_WAIT_MS: wait to fill a batch, under load
+    max_batch_wait_ms: float = 20.0  # INFERENCE_MAX_BATCH_WAIT_MS: wait to fill a batch, under load
     log_level: str = "INFO"  # LOG_LEVEL
     # Multi-model stack only:
     model_root: str = "/opt/ml/models"  # SERVE_MODEL_ROOT: POST /models urls must lie below it
@@ -77,7 +77,7 @@ class Settings:
             raise SettingsError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb!r} is not a number") from None
         if payload_bytes <= 0:
             raise SettingsError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb!r} must be positive")
-        wait_ms = env.get("INFERENCE_MAX_BATCH_WAIT_MS", "").strip() or "5"
+        wait_ms = env.get("INFERENCE_MAX_BATCH_WAIT_MS", "").strip() or "20"
         try:
             max_wait = float(wait_ms)
         except ValueError:

@@ -113,14 +113,8 @@ def _load_json(text: str, where: str) -> Any:
                          f"column {exc.colno}") from None
 
 
-def json_lines(text: str) -> list[str]:
-    """JSON Lines split on newlines only (``str.splitlines`` also splits on U+2028, which
-    JSON strings may hold raw)."""
-    return [line.removesuffix("\r") for line in text.split("\n")]
-
-
-def decode(body: bytes, content_type: str | None, accept: str, cap: int) -> Payload:
-    """Parse a request body; every error says what is wrong and where."""
+def read_text(body: bytes, content_type: str | None) -> tuple[str, str]:
+    """(media type, body text) of a readable, non-empty body; JSON when no type is given."""
     media_type, params = content_types.parse(content_type)
     media_type = media_type or content_types.JSON
     if media_type not in content_types.READABLE:
@@ -130,7 +124,18 @@ def decode(body: bytes, content_type: str | None, accept: str, cap: int) -> Payl
                                    f"supported: {', '.join(content_types.READABLE)}")
     if not body or not body.strip():
         raise BadRequest("request body is empty")
-    text = decode_text(body, params.get("charset"))
+    return media_type, decode_text(body, params.get("charset"))
+
+
+def json_lines(text: str) -> list[str]:
+    """JSON Lines split on newlines only (``str.splitlines`` also splits on U+2028, which
+    JSON strings may hold raw)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def decode(body: bytes, content_type: str | None, accept: str, cap: int) -> Payload:
+    """Parse a request body; every error says what is wrong and where."""
+    media_type, text = read_text(body, content_type)
     if media_type == content_types.JSON:
         record, stream = record_from_json(_load_json(text, "body"), cap)
         return Payload((record,), media_type, accept, stream)
@@ -220,14 +225,7 @@ def encode(payload: Payload, generations: list[Generation]) -> tuple[bytes, str]
 def decode_object(body: bytes, content_type: str | None) -> Any:
     """The default ``input_fn`` for a user ``predict_fn``: the body as plain Python data
     (JSON -> object, jsonlines -> list of objects, csv -> list of lines, text -> str)."""
-    media_type, params = content_types.parse(content_type)
-    media_type = media_type or content_types.JSON
-    if media_type not in content_types.READABLE:
-        raise UnsupportedMediaType(f"unsupported Content-Type {media_type!r}; "
-                                   f"supported: {', '.join(content_types.READABLE)}")
-    if not body or not body.strip():
-        raise BadRequest("request body is empty")
-    text = decode_text(body, params.get("charset"))
+    media_type, text = read_text(body, content_type)
     if media_type == content_types.JSON:
         return _load_json(text, "body")
     if media_type == content_types.JSONLINES:

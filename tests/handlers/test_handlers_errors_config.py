@@ -1,5 +1,6 @@
 """Error classes (status + JSON body) and HandlerConfig.from_env."""
 
+import dataclasses
 import json
 
 import pytest
@@ -83,5 +84,5 @@ def test_from_env_invalid_value_names_the_variable(name, value):
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         HandlerConfig().max_new_tokens = 3

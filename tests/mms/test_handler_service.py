@@ -4,7 +4,6 @@ status codes and content types, load reports, answers while loading."""
 import json
 import os
 import struct
-from pathlib import Path
 
 import pytest
 from mms.context import Context, RequestProcessor

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mms.harness import MIB, MmsServer, demo_model_ready, make_model, wait_until
+from tests.mms.harness import MIB, MmsServer, demo_model_ready, make_model
 from tests.procs import alive
 
 pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is not built yet")

@@ -79,13 +79,13 @@ def pss_mib(root: int) -> float:
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], env: dict, port: int, log: Path):
-        self.name, self.cmd, self.env, self.port, self.log = name, cmd, env, port, log
+    def __init__(self, name: str, cmd: list[str], env: dict, port: int, log: Path, cwd: Path = REPO):
+        self.name, self.cmd, self.env, self.port, self.log, self.cwd = name, cmd, env, port, log, cwd
         self.proc = None
 
     def start(self, timeout: float = 300) -> float:
         started = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdout=open(self.log, "ab"),
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
@@ -216,7 +216,7 @@ def stacks(work: Path, hf_python: Path | None, multi_model: bool) -> list[Server
         if multi_model:
             env["SAGEMAKER_MULTI_MODEL"] = "true"
         out.append(Server("hf toolkit", [str(hf_python), "-m", "sagemaker_huggingface_inference_toolkit.serving"],
-                          env, port, LOGS / "hf.log"))
+                          env, port, LOGS / "hf.log", cwd=hf_base))  # its MMS writes logs/ into cwd
     return out
 
 

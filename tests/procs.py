@@ -110,7 +110,12 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # never leave a stray server behind
 
     def __enter__(self):
-        return self.start().wait_ready()
+        self.start()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()  # a server that never got ready must not outlive the test
+            raise
 
     def __exit__(self, *exc):
         self.stop()

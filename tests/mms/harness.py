@@ -95,6 +95,7 @@ class MmsServer:
                     self.remember_processes()
                     return self
             time.sleep(0.1)
+        self.kill_leftovers()  # a server that never got ready must not outlive the test
         raise TimeoutError(f"/ping not {status} within {timeout} s (last: "
                            f"{last and (last.status_code, last.text)}):\n{self.log()}")
 

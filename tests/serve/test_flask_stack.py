@@ -17,10 +17,9 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(log_path=tmp_path_factory.mktemp("serve") / "serve.log").start()
-    srv.wait_ready()
-    yield srv
-    assert srv.stop() == 0
+    with Server(log_path=tmp_path_factory.mktemp("serve") / "serve.log") as srv:
+        yield srv
+        assert srv.stop() == 0
 
 
 def ask(server, question, **parameters):
@@ -206,8 +205,7 @@ def test_request_timeout_gives_504(tmp_path, qa_pairs):
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path, qa_pairs):
-    srv = Server(log_path=tmp_path / "serve.log").start().wait_ready()
-    try:
+    with Server(log_path=tmp_path / "serve.log") as srv:
         body = json.dumps({"inputs": [p["question"] for p in qa_pairs[:16]],
                            "parameters": {"min_new_tokens": 60, "max_new_tokens": 60}})
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -217,8 +215,6 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path, qa_pairs):
             statuses = [f.result().status_code for f in futures]
         assert statuses == [200] * 8
         assert srv.proc.wait(30) == 0
-    finally:
-        srv.stop()
 
 
 def test_killed_worker_is_replaced_and_service_continues(tmp_path, qa_pairs):

@@ -44,8 +44,8 @@ class ModelServer:
 
     def start(self) -> Batcher:
         """In the worker: start the model thread (load if not preloaded, place, warm up)."""
-        self.batcher = Batcher(self, self.config.max_batch_size, self.settings.max_batch_wait_ms / 1000)
-        self.batcher.on_fatal = self._fatal
+        self.batcher = Batcher(self, self.config.max_batch_size, self.settings.max_batch_wait_ms / 1000,
+                               on_fatal=self._fatal)
         self.batcher.start(self._prepare)
         return self.batcher
 

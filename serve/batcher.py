@@ -33,8 +33,10 @@ class StreamJob:
 
 
 class Batcher:
-    def __init__(self, service, max_batch: int, max_wait_s: float):
+    def __init__(self, service, max_batch: int, max_wait_s: float, on_fatal=lambda reason: None):
+        """``on_fatal(reason)`` runs on the model thread when the model cannot serve."""
         self.service, self.max_batch, self.max_wait_s = service, max_batch, max_wait_s
+        self.on_fatal = on_fatal
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self._last_requests = 0
         self._last_duration = 0.0
@@ -82,9 +84,6 @@ class Batcher:
         self.ready.set()
         while True:
             self._run_once()
-
-    def on_fatal(self, reason: str) -> None:
-        """Called on the model thread when the model cannot serve; the app replaces it."""
 
     def _collect(self) -> tuple[list[Job], list[StreamJob]]:
         """What is queued now; under load (the last batch held several requests) also what

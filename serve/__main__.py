@@ -11,7 +11,8 @@ import shutil
 import sys
 
 from serve import logs
-from serve.settings import Settings, SettingsError
+from handlers.config import ConfigError
+from serve.settings import Settings
 
 log = logging.getLogger("serve")
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     try:
         settings = Settings.from_env(os.environ, args.model_dir)
-    except SettingsError as exc:
+    except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
     if settings.stack == "mms":
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from serve.supervisor import Supervisor
     try:
         return Supervisor(settings).run()
-    except SettingsError as exc:
+    except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
 

@@ -17,13 +17,20 @@ EMBEDDED_MODEL_DIR = REPO_ROOT / "demo" / "model"
 TRUE = ("1", "true", "yes", "on")
 
 
-SettingsError = ConfigError
+def _env_int_alias(env: Mapping[str, str], names: tuple[str, ...], default: int) -> int:
+    """The first of ``names`` that is set (SageMaker's name, then the older alias)."""
+    name = next((n for n in names if env.get(n, "").strip()), names[0])
+    return env_int(env, name, default)
 
-def _first(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
-    for name in names:
-        if env.get(name, "").strip():
-            return name, env[name].strip()
-    return None
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
 def _port_range(raw: str | None) -> tuple[int, int] | None:
@@ -32,9 +39,9 @@ def _port_range(raw: str | None) -> tuple[int, int] | None:
     try:
         low, high = (int(part) for part in raw.split("-"))
     except ValueError:
-        raise SettingsError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r} is not LOW-HIGH") from None
+        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r} is not LOW-HIGH") from None
     if not 0 < low <= high < 65536:
-        raise SettingsError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r} is not a valid port range")
+        raise ConfigError(f"SAGEMAKER_SAFE_PORT_RANGE={raw!r} is not a valid port range")
     return low, high
 
 
@@ -65,27 +72,18 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], model_dir: str | None = None) -> "Settings":
-        workers_var = _first(env, "SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS")
-        workers = env_int(env, workers_var[0], 1) if workers_var else 1
-        timeout_var = _first(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT")
-        timeout = env_int(env, timeout_var[0], 60) if timeout_var else 60
+        workers = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"), 1)
+        timeout = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        payload_mb = env.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "").strip() or "6"
-        try:
-            payload_bytes = int(float(payload_mb) * 1024 * 1024)
-        except ValueError:
-            raise SettingsError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb!r} is not a number") from None
+        payload_mb = _env_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6)
+        payload_bytes = int(payload_mb * 1024 * 1024)
         if payload_bytes <= 0:
-            raise SettingsError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb!r} must be positive")
-        wait_ms = env.get("INFERENCE_MAX_BATCH_WAIT_MS", "").strip() or "20"
-        try:
-            max_wait = float(wait_ms)
-        except ValueError:
-            raise SettingsError(f"INFERENCE_MAX_BATCH_WAIT_MS={wait_ms!r} is not a number") from None
+            raise ConfigError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb} must be positive")
+        max_wait = _env_float(env, "INFERENCE_MAX_BATCH_WAIT_MS", cls.max_batch_wait_ms)
         multi_model = env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() in TRUE
         stack = env.get("SERVING_STACK", "").strip().lower() or ("mms" if multi_model else "flask")
         if stack not in ("flask", "mms"):
-            raise SettingsError(f"SERVING_STACK={stack!r} must be flask or mms")
+            raise ConfigError(f"SERVING_STACK={stack!r} must be flask or mms")
         model_dir = model_dir or env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model"
         if not multi_model and _is_empty(Path(model_dir)):
             model_dir = env.get("SM_DEFAULT_MODEL_DIR", "").strip() or str(EMBEDDED_MODEL_DIR)

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from serve.settings import REPO_ROOT, Settings, SettingsError
+from handlers.config import ConfigError
+from serve.settings import REPO_ROOT, Settings
 
 log = logging.getLogger("serve")
 NGINX_TEMPLATE = REPO_ROOT / "nginx.conf"
@@ -30,7 +31,7 @@ def bind_in_range(sock: socket.socket, low: int, high: int, host: str = "127.0.0
             return
         except OSError:
             continue
-    raise SettingsError(f"no free port in SAGEMAKER_SAFE_PORT_RANGE {low}-{high}")
+    raise ConfigError(f"no free port in SAGEMAKER_SAFE_PORT_RANGE {low}-{high}")
 
 
 def render_nginx(settings: Settings, runtime_dir: Path, upstream: str) -> Path:
@@ -49,7 +50,7 @@ def render_nginx(settings: Settings, runtime_dir: Path, upstream: str) -> Path:
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", value)
     if "{{" in text:
-        raise SettingsError(f"nginx.conf has an unknown placeholder near {text[text.index('{{'):][:40]!r}")
+        raise ConfigError(f"nginx.conf has an unknown placeholder near {text[text.index('{{'):][:40]!r}")
     path = runtime_dir / "nginx.conf"
     path.write_text(text)
     return path
@@ -59,7 +60,7 @@ def find_nginx() -> str:
     for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise SettingsError("nginx is not installed (apt-get install nginx)")
+    raise ConfigError("nginx is not installed (apt-get install nginx)")
 
 
 class Supervisor:

@@ -3,8 +3,9 @@ or what runs after it becomes a ``BadRequest`` that says what is wrong.
 
 Refused: nesting deeper than MAX_JSON_DEPTH (``json.loads`` would raise RecursionError, and
 so would any recursive walk of the result), duplicate keys (which one counts would be a
-guess), ``NaN`` / ``Infinity`` (not JSON), numbers that overflow to infinity, integers of
-over 4,300 digits (Python refuses to convert them).
+guess), ``NaN`` / ``Infinity`` (not JSON), and numbers beyond a double's range (a float that
+overflows to infinity; an integer of over 308 digits, which ``float()`` cannot take and
+Python refuses to convert at all past 4,300).
 """
 
 import json
@@ -34,6 +35,12 @@ def _finite(text: str) -> float:
     return value
 
 
+def _integer(text: str) -> int:
+    if len(text) > 308 + text.startswith("-"):
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -54,16 +61,15 @@ def loads(text: str, where: str) -> Any:
     too_deep = BadRequest(f"JSON in {where} is nested too deeply: at most {MAX_JSON_DEPTH} "
                           "levels of arrays and objects")
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_float=_finite,
+        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_float=_finite, parse_int=_integer,
                          parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON in {where}: {exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}") from None
     except RecursionError:
         raise too_deep from None
-    except ValueError as exc:  # from the hooks, or int()'s digit limit (drop its advice to call sys)
-        reason = str(exc).partition("; use sys.set_int_max_str_digits()")[0]
-        raise BadRequest(f"invalid JSON in {where}: {reason}") from None
+    except ValueError as exc:  # from the hooks
+        raise BadRequest(f"invalid JSON in {where}: {exc}") from None
     # More brackets than the limit is rare and cheap to rule out before walking the result.
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and depth(obj) > MAX_JSON_DEPTH:
         raise too_deep

@@ -120,7 +120,9 @@ class Server:
         self.pings: list[int] = []
 
     def start(self) -> "Server":
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        # Append: nginx reopens /dev/stdout with O_APPEND, and a writer without it would
+        # overwrite nginx's lines at its own offset.
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self

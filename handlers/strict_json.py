@@ -3,9 +3,10 @@ or what runs after it becomes a ``BadRequest`` that says what is wrong.
 
 Refused: nesting deeper than MAX_JSON_DEPTH (``json.loads`` would raise RecursionError, and
 so would any recursive walk of the result), duplicate keys (which one counts would be a
-guess), ``NaN`` / ``Infinity`` (not JSON), and numbers beyond a double's range (a float that
-overflows to infinity; an integer of over 308 digits, which ``float()`` cannot take and
-Python refuses to convert at all past 4,300).
+guess), and integers of over 308 digits (beyond a double: ``float()`` raises OverflowError
+on them, and Python refuses to convert one of over 4,300 digits at all). ``NaN``,
+``Infinity`` and floats that overflow to infinity pass, as in Python's json: the parameter
+checks refuse them by name ("parameter 'temperature' must be finite").
 """
 
 import json
@@ -28,21 +29,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"the number {text[:80]} is out of range")
-    return value
-
-
 def _integer(text: str) -> int:
     if len(text) > 308 + text.startswith("-"):
         raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is out of range")
     return int(text)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def depth(obj: Any) -> int:
@@ -61,8 +51,7 @@ def loads(text: str, where: str) -> Any:
     too_deep = BadRequest(f"JSON in {where} is nested too deeply: at most {MAX_JSON_DEPTH} "
                           "levels of arrays and objects")
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_float=_finite, parse_int=_integer,
-                         parse_constant=_no_constant)
+        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_int=_integer)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON in {where}: {exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}") from None

@@ -488,9 +488,9 @@ def test_deep_nesting_in_a_user_script_body_is_400():
 @pytest.mark.parametrize("body, words", [
     (b'{"inputs": "x", "parameters": {"seed": 1' + b"0" * 5000 + b"}}", ["5001 digits", "out of range"]),
     (b'{"inputs": "x", "parameters": {"temperature": -' + b"9" * 309 + b"}}", ["309 digits"]),
-    (b'{"inputs": "x", "parameters": {"temperature": 1e999}}', ["1e999", "out of range"]),
-    (b'{"inputs": "x", "parameters": {"temperature": NaN}}', ["NaN", "not valid JSON"]),
-    (b'{"inputs": "x", "parameters": {"top_p": -Infinity}}', ["-Infinity", "not valid JSON"]),
+    (b'{"inputs": "x", "parameters": {"temperature": 1e999}}', ["'temperature'", "finite"]),
+    (b'{"inputs": "x", "parameters": {"temperature": NaN}}', ["'temperature'", "finite"]),
+    (b'{"inputs": NaN}', ["'inputs'", "string"]),
     (b'{"inputs": "x", "inputs": "y"}', ["duplicate key 'inputs'"]),
     (b'{"inputs": "x", "parameters": {"top_k": 5, "top_k": 6}}', ["duplicate key 'top_k'"]),
     (b'{"inputs": "\\ud800"}', ["'inputs'", "unpaired surrogate \\ud800"]),

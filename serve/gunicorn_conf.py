@@ -8,11 +8,12 @@ starts its model thread, which warms up before /ping says 200.
 import json
 import os
 
+from gunicorn import util as gunicorn_util
+
 # Ask whether a GPU exists without initialising CUDA here: a forked worker cannot use CUDA
 # that its parent initialised.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 import torch  # noqa: E402
-from gunicorn import util as gunicorn_util  # noqa: E402
 
 from serve import logs
 from serve.settings import Settings

@@ -234,7 +234,7 @@ def test_flask_slow_clients_are_held_by_nginx_and_cut_off_when_they_stall(stack_
     try:
         time.sleep(1)
         latencies = good_requests_meanwhile(server, 20)
-        assert max(latencies) < 2, latencies
+        assert max(latencies) < 10, latencies  # blocked behind the slow clients, it would wait ~60 s
         slow_head.join(15)
         staller.join(15)
         assert slow_head.cut_after is not None and slow_head.cut_after < 3 + 2, slow_head.cut_after
@@ -259,7 +259,7 @@ def test_mms_slow_clients_are_cut_off_and_others_served(stack_of):
     try:
         time.sleep(1)
         latencies = good_requests_meanwhile(server, 20)
-        assert max(latencies) < 2, latencies
+        assert max(latencies) < 10, latencies  # blocked behind the slow clients, it would wait ~60 s
         for client in (*dribblers, slow_head):
             client.join(45)
         cut = [d.cut_after for d in (*dribblers, slow_head)]

@@ -8,12 +8,14 @@ correctly right after it. ``HYPOTHESIS_PROFILE=long`` runs 1,000 examples per te
 
 import json
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from handlers.generation import PARAMETER_NAMES
+from tests.mms.harness import MmsServer, make_model
 from tests.procs import http_request
-from tests.reliability.conftest import QUESTION, assert_still_answers
+from tests.reliability.conftest import ANSWER, QUESTION, assert_still_answers
 
 MEDIA_TYPES = ["application/json", "application/jsonlines", "application/x-ndjson", "text/csv",
                "text/plain", "text/event-stream", "*/*", "image/png", "application/x-www-form-urlencoded",
@@ -203,3 +205,35 @@ def test_generation_parameters(stack, body):
 def test_jsonlines_and_csv_shapes(stack, shaped, accept):
     body, content_type = shaped
     exchange(stack, body, {"Content-Type": content_type, **({"Accept": accept} if accept else {})})
+
+
+@pytest.fixture(scope="module")
+def mme(tmp_path_factory):
+    """A multi-model endpoint with the demo model loaded as ``demo``."""
+    root = tmp_path_factory.mktemp("models")
+    make_model(root, "demo")
+    server = MmsServer("--multi-model", "--model-root", str(root), log_path=tmp_path_factory.mktemp("mme") / "mms.log")
+    try:
+        server.start().wait_ready()
+        assert server.load("demo", root / "demo").status_code == 200
+        yield server
+        assert server.stop() == 0
+    finally:
+        server.kill_leftovers()
+
+
+@given(body=st.one_of(hostile_json_bodies(), st.binary(max_size=500),
+                      json_values.map(lambda v: json.dumps({"model_name": v, "url": "demo"}).encode()),
+                      json_values.map(lambda v: json.dumps({"model_name": "fuzz", "url": v}).encode())),
+       content_type=st.sampled_from(["application/json", ";;;", "", "text/plain"]))
+@example(body=b"[" * 5000 + b"]" * 5000, content_type="application/json")
+@example(body=b'{"model_name": "fuzz", "url": ' + b"[" * 5000 + b"]" * 5000 + b"}", content_type="application/json")
+def test_model_management_bodies(mme, body, content_type):
+    """POST /models on a multi-model endpoint: the front's own JSON parsing."""
+    answer = http_request(mme.port, "POST", "/models", body, {"Content-Type": content_type} if content_type else {})
+    assert answer.status < 500 or answer.status == 507, (answer.status, answer.body[:300])
+    assert answer.headers.get("content-type") == "application/json"
+    if answer.status == 200:  # a well-formed load of a real model: undo it
+        assert mme.delete("/models/" + json.loads(answer.body)["modelName"]).status_code == 200
+    r = mme.invoke("demo", {"inputs": QUESTION})
+    assert r.status_code == 200 and r.json() == [{"generated_text": ANSWER}]

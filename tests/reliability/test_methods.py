@@ -7,6 +7,7 @@ where GET is allowed answers like GET without a body; unknown paths are 404 JSON
 
 import json
 import re
+import socket
 
 import pytest
 
@@ -112,7 +113,8 @@ def test_no_server_header_names_its_software_or_version(server):
                 ("POST", "/invocations", b"x", {"Content-Type": "image/png"}),
                 ("POST", "/invocations", b"x" * (cap + 1), {"Content-Type": "application/json"}),
                 ("GET", "/nope", None, {}), ("TRACE", "/ping", None, {}), ("OPTIONS", "/ping", None, {}),
-                ("GET", "/" + "a" * 9000, None, {}), ("GET", "/ping", None, {"X-Long": "a" * 9000})]
+                ("GET", "/" + "a" * 9000, None, {}), ("GET", "/ping", None, {"X-Long": "a" * 9000}),
+                ("GET", "/ping", None, {"X-Control": "\x01\x7f"})]  # gunicorn refuses it, nginx does not
     for method, path, body, headers in requests:
         answer = call(server, method, path, body, headers)
         assert answer.status < 500, (method, path[:40], answer.status, answer.body[:200])
@@ -121,3 +123,32 @@ def test_no_server_header_names_its_software_or_version(server):
     seen = SEEN_SERVER_HEADERS[server.kind]
     assert seen, "no answers recorded"
     assert not [value for value in seen if SOFTWARE.search(value)], seen
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are; (status, headers, body) of the answer, read to the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize("request_line", [
+    b"get /ping HTTP/1.1", b"GET /ping HTTP/2.0", b"GARBAGE", b"GET /../ping HTTP/1.1",
+    b"GET /" + b"a" * 70_000 + b" HTTP/1.1", b"GET /ping HTTP/1.1\r\nX-Long: " + b"a" * 70_000,
+    b"POST /invocations HTTP/1.1\r\nContent-Length: abc", b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: gzip",
+], ids=["lowercase-method", "http2", "garbage", "above-root", "uri-70k", "header-70k", "bad-length",
+        "unknown-transfer-coding"])
+def test_requests_the_front_cannot_parse_get_a_json_error(server, request_line):
+    """nginx (and the MMS front) answer these themselves: JSON like every other error, never
+    an HTML page; then the server goes on serving."""
+    status, headers, body = raw_exchange(server.port, request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert 400 <= status < 600, status
+    assert headers.get("content-type") == "application/json", (status, headers, body[:200])
+    assert json.loads(body)["code"] == status
+    assert call(server, "GET", "/ping").status == 200

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from handlers import content_types
+from handlers import content_types, strict_json
 from handlers.errors import BadRequest, NotAcceptable, UnsupportedMediaType
 from handlers.generation import GenerationParams, parse_parameters
 
@@ -56,12 +56,26 @@ def decode_text(body: bytes, charset: str | None) -> str:
     charset = charset or "utf-8"
     try:
         return body.decode(charset)
-    except LookupError:
-        raise UnsupportedMediaType(f"unsupported charset {charset!r}") from None
     except UnicodeDecodeError as exc:
         line = body.count(b"\n", 0, exc.start) + 1
         raise BadRequest(f"body is not valid {charset}: byte 0x{body[exc.start]:02x} "
                          f"at offset {exc.start} (line {line})") from None
+    except UnicodeError as exc:  # idna, punycode: no position
+        raise BadRequest(f"body is not valid {charset}: {exc}") from None
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
+        raise UnsupportedMediaType(f"unsupported charset {charset[:80]!r}") from None
+
+
+def _unicode(value: str, where: str) -> str:
+    """``value``, unless it holds an unpaired surrogate (JSON's ``"\\ud800"``), which no
+    tokenizer can encode."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"{where} holds an unpaired surrogate \\u{ord(value[exc.start]):04x} "
+                             f"at character {exc.start}: not valid Unicode") from None
+    return value
 
 
 def _prompt(value: Any, where: str) -> str:
@@ -69,7 +83,7 @@ def _prompt(value: Any, where: str) -> str:
         raise BadRequest(f"{where} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise BadRequest(f"{where} is empty")
-    return value
+    return _unicode(value, where)
 
 
 def record_from_json(obj: Any, cap: int, where: str = "body") -> tuple[Record, bool]:
@@ -85,7 +99,7 @@ def record_from_json(obj: Any, cap: int, where: str = "body") -> tuple[Record, b
         raise BadRequest(f"{where}: {exc.message}") from None
     stream = obj.get("stream", isinstance(parameters, dict) and parameters.get("stream", False))
     if not isinstance(stream, bool):
-        raise BadRequest(f"{where}: 'stream' must be true or false, got {stream!r}")
+        raise BadRequest(f"{where}: 'stream' must be true or false, got {stream!r:.80}")
     if "inputs" in obj:
         inputs = obj["inputs"]
         if isinstance(inputs, list):
@@ -105,14 +119,6 @@ def record_from_json(obj: Any, cap: int, where: str = "body") -> tuple[Record, b
                      "expected {\"inputs\": \"...\", \"parameters\": {...}}")
 
 
-def _load_json(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON in {where}: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from None
-
-
 def read_text(body: bytes, content_type: str | None) -> tuple[str, str]:
     """(media type, body text) of a readable, non-empty body; JSON when no type is given."""
     media_type, params = content_types.parse(content_type)
@@ -120,7 +126,7 @@ def read_text(body: bytes, content_type: str | None) -> tuple[str, str]:
     if media_type not in content_types.READABLE:
         hint = " (curl -d sends that: add -H 'Content-Type: application/json')" \
             if media_type == "application/x-www-form-urlencoded" else ""
-        raise UnsupportedMediaType(f"unsupported Content-Type {media_type!r}{hint}; "
+        raise UnsupportedMediaType(f"unsupported Content-Type {media_type!r:.100}{hint}; "
                                    f"supported: {', '.join(content_types.READABLE)}")
     if not body or not body.strip():
         raise BadRequest("request body is empty")
@@ -137,14 +143,14 @@ def decode(body: bytes, content_type: str | None, accept: str, cap: int) -> Payl
     """Parse a request body; every error says what is wrong and where."""
     media_type, text = read_text(body, content_type)
     if media_type == content_types.JSON:
-        record, stream = record_from_json(_load_json(text, "body"), cap)
+        record, stream = record_from_json(strict_json.loads(text, "body"), cap)
         return Payload((record,), media_type, accept, stream)
     if media_type == content_types.JSONLINES:
         records = []
         for number, line in enumerate(json_lines(text), start=1):
             if line.strip():
                 where = f"line {number}"
-                record, stream = record_from_json(_load_json(line, where), cap, where)
+                record, stream = record_from_json(strict_json.loads(line, where), cap, where)
                 if stream:
                     raise BadRequest(f"{where}: streaming is not available for jsonlines bodies")
                 records.append(record)
@@ -162,7 +168,7 @@ def _decode_csv(text: str) -> tuple[Record, ...]:
             # An unquoted comma is part of the prompt, not a column separator.
             prompt = ",".join(row)
             if prompt.strip():
-                records.append(Record((prompt,), GenerationParams()))
+                records.append(Record((_unicode(prompt, f"line {reader.line_num}"),), GenerationParams()))
     except csv.Error as exc:
         raise BadRequest(f"malformed CSV at line {reader.line_num}: {exc}") from None
     return tuple(records)
@@ -219,7 +225,7 @@ def encode(payload: Payload, generations: list[Generation]) -> tuple[bytes, str]
         return out.getvalue().encode(), accept
     if accept == content_types.TEXT:
         return "\n".join(t for g in generations for t in g.texts).encode(), accept
-    raise NotAcceptable(f"cannot produce {accept!r}; supported: {', '.join(content_types.WRITABLE)}")
+    raise NotAcceptable(f"cannot produce {accept!r:.100}; supported: {', '.join(content_types.WRITABLE)}")
 
 
 def decode_object(body: bytes, content_type: str | None) -> Any:
@@ -227,9 +233,9 @@ def decode_object(body: bytes, content_type: str | None) -> Any:
     (JSON -> object, jsonlines -> list of objects, csv -> list of lines, text -> str)."""
     media_type, text = read_text(body, content_type)
     if media_type == content_types.JSON:
-        return _load_json(text, "body")
+        return strict_json.loads(text, "body")
     if media_type == content_types.JSONLINES:
-        return [_load_json(line, f"line {n}") for n, line in enumerate(json_lines(text), 1)
+        return [strict_json.loads(line, f"line {n}") for n, line in enumerate(json_lines(text), 1)
                 if line.strip()]
     if media_type == content_types.CSV:
         return [r.prompts[0] for r in _decode_csv(text)]

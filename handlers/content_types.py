@@ -72,5 +72,5 @@ def negotiate(accept: str | None, request_type: str, default: str | None,
             for candidate in writable:
                 if candidate.startswith(family):
                     return candidate
-    raise NotAcceptable(f"cannot produce any of Accept: {accept!r}; "
+    raise NotAcceptable(f"cannot produce any of Accept: {accept!r:.200}; "
                         f"supported: {', '.join(writable)}")

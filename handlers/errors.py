@@ -72,8 +72,12 @@ class InternalError(InferenceError):
         return cls(f"{where} raised {type(exc).__name__}: {exc}")
 
 
-class ModelLoadError(InternalError):
-    """500: a model directory is missing a file or holds a corrupt one (named in the message)."""
+class ModelLoadError(InferenceError):
+    """422: the model cannot be loaded: its directory is missing a file or holds a corrupt
+    one (named in the message), or its user script fails to load. ``POST /models`` answers
+    it; a single-model server logs it and exits."""
+
+    status = 422
 
 
 class ServiceUnavailable(InferenceError):

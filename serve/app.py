@@ -12,7 +12,7 @@ from flask import Flask, Response, request
 from handlers import HandlerConfig, load_service
 from handlers.codecs import Payload
 from handlers.content_types import EVENT_STREAM, JSONLINES, parse
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed as WerkzeugMethodNotAllowed
 
 from handlers.errors import (GatewayTimeout, InferenceError, InternalError, MethodNotAllowed,
                              NotFound, PayloadTooLarge, ServiceUnavailable)
@@ -23,8 +23,15 @@ log = logging.getLogger("serve.app")
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 
-def error_response(error: InferenceError) -> Response:
-    return Response(error.body(), status=error.status, mimetype="application/json")
+def error_response(error: InferenceError, headers: dict | None = None) -> Response:
+    return Response(error.body(), status=error.status, mimetype="application/json", headers=headers)
+
+
+def not_allowed_response(method: str, path: str, allowed) -> Response:
+    """405 with ``Allow``: the same answer the MMS front gives (nginx's own 405 too)."""
+    allow = ", ".join(sorted(allowed))
+    error = MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allow}")
+    return error_response(error, {"Allow": allow})
 
 
 class ModelServer:
@@ -70,7 +77,7 @@ class ModelServer:
 
 
 def create_app(settings: Settings, preload: bool = True) -> Flask:
-    app = Flask("serve")
+    app = Flask("serve", static_folder=None)
     server = ModelServer(settings)
     if preload:
         torch.set_num_threads(1)  # no torch thread pool in a process that will fork
@@ -80,7 +87,9 @@ def create_app(settings: Settings, preload: bool = True) -> Flask:
     def rid() -> str:
         return request.headers.get("X-Request-Id", "-")
 
-    @app.get("/ping")
+    # No automatic OPTIONS (flask's 200 with an empty text/html body): a method a path does
+    # not serve is 405 with Allow. HEAD answers like GET, without a body.
+    @app.get("/ping", provide_automatic_options=False)
     def ping():
         batcher = server.batcher
         if batcher is not None and batcher.healthy:
@@ -89,13 +98,13 @@ def create_app(settings: Settings, preload: bool = True) -> Flask:
         return Response(json.dumps({"error": f"model is not ready: {status}", "code": 503}),
                         status=503, mimetype="application/json")
 
-    @app.get("/execution-parameters")
+    @app.get("/execution-parameters", provide_automatic_options=False)
     def execution_parameters():
         return {"MaxConcurrentTransforms": max(2, settings.workers * 2),
                 "BatchStrategy": "MULTI_RECORD",
                 "MaxPayloadInMB": settings.max_payload_bytes // (1024 * 1024)}
 
-    @app.post("/invocations")
+    @app.post("/invocations", provide_automatic_options=False)
     def invocations():
         started = time.monotonic()
         if (request.content_length or 0) > settings.max_payload_bytes:
@@ -165,16 +174,19 @@ def create_app(settings: Settings, preload: bool = True) -> Flask:
 
     @app.errorhandler(InferenceError)
     def inference_error(error: InferenceError):
-        log.warning("rid=%s %s %s -> %d %s", rid(), request.method, request.path, error.status,
-                    error.message)
+        # The message may quote the body (a parameter's value): only at DEBUG, never at INFO.
+        log.warning("rid=%s %s %s -> %d %s (%s bytes in)", rid(), request.method, request.path,
+                    error.status, type(error).__name__, request.content_length or 0)
+        log.debug("rid=%s %s", rid(), error.message)
         return error_response(error)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if isinstance(exc, WerkzeugMethodNotAllowed):
+            return not_allowed_response(request.method, request.path, exc.valid_methods or ())
         if exc.code == 404:
-            error = NotFound(f"no such path: {request.path} (this server answers /ping and /invocations)")
-        elif exc.code == 405:
-            error = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+            error = NotFound(f"no such path: {request.path} (this server answers /ping, "
+                             "/execution-parameters and /invocations)")
         else:
             error = InferenceError(exc.description or exc.name)
             error.status = exc.code or 500

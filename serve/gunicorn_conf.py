@@ -5,7 +5,10 @@ runs torch compute: torch's thread pool and CUDA do not survive a fork. Each wor
 starts its model thread, which warms up before /ping says 200.
 """
 
+import json
 import os
+
+from gunicorn import util as gunicorn_util
 
 # Ask whether a GPU exists without initialising CUDA here: a forked worker cannot use CUDA
 # that its parent initialised.
@@ -40,3 +43,15 @@ def post_worker_init(worker):
     batcher = worker.wsgi.extensions["model_server"].start()
     while not batcher.ready.wait(1):
         worker.notify()
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's own answers (to a request it cannot parse, e.g. a header value with control
+    characters that nginx lets through) as JSON like every other error, not as HTML."""
+    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason, "code": status_int}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+gunicorn_util.write_error = write_json_error  # the workers call it as util.write_error

@@ -46,6 +46,9 @@ def _port_range(raw: str | None) -> tuple[int, int] | None:
 
 
 def _is_empty(path: Path) -> bool:
+    """No model here: a missing or empty dir (a model.tar.gz file is a model)."""
+    if path.is_file():
+        return False
     return not path.is_dir() or not any(p for p in path.iterdir() if not p.name.startswith("."))
 
 

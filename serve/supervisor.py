@@ -5,6 +5,7 @@ accepted), then gunicorn; both within SageMaker's 30 s. A child that dies on its
 the whole server down with a non-zero exit: a crash never looks healthy.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -45,6 +46,9 @@ def render_nginx(settings: Settings, runtime_dir: Path, upstream: str) -> Path:
         "upstream": upstream,
         "max_payload_bytes": str(settings.max_payload_bytes),
         "proxy_read_timeout": str(settings.timeout_s + 5),
+        # A client that cannot send its request within the request timeout cannot be
+        # answered within it either.
+        "client_timeout": str(settings.timeout_s),
     }
     text = NGINX_TEMPLATE.read_text()
     for name, value in values.items():
@@ -54,6 +58,16 @@ def render_nginx(settings: Settings, runtime_dir: Path, upstream: str) -> Path:
     path = runtime_dir / "nginx.conf"
     path.write_text(text)
     return path
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (gunicorn's or nginx's workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def find_nginx() -> str:
@@ -116,9 +130,13 @@ class Supervisor:
         try:
             child.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in time: killing it", name)
+            log.warning("%s did not stop in time: killing it and its workers", name)
+            workers = child_pids(child.pid)  # before the kill: orphans get a new parent
             child.kill()
             child.wait()
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
         deadline = time.monotonic() + STOP_WINDOW_S

@@ -1,12 +1,15 @@
 """Starting real servers for tests, and reading the process table."""
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -57,6 +60,51 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None, timeout: float = 60) -> Answer:
+    """One request on a fresh connection to 127.0.0.1 with nothing normalised, added or
+    retried (any method, any path, raw header values). A connection the server drops
+    without an answer raises (http.client.RemoteDisconnected, ConnectionResetError)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        try:
+            conn.endheaders(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a server may answer (413) and close before reading the whole body
+        response = conn.getresponse()
+        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        conn.close()
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes in session ``sid`` (a server started with start_new_session)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[4]) == sid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
 class Server:
     """``python -m serve`` (the full nginx -> gunicorn -> flask stack) on a free port."""
 
@@ -72,7 +120,9 @@ class Server:
         self.pings: list[int] = []
 
     def start(self) -> "Server":
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        # Append: nginx reopens /dev/stdout with O_APPEND, and a writer without it would
+        # overwrite nginx's lines at its own offset.
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
@@ -93,7 +143,20 @@ class Server:
         raise TimeoutError(f"/ping not 200 within {timeout} s: {self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+        return self.full_log()[-4000:]
+
+    def full_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def model_pids(self) -> list[int]:
+        """The gunicorn workers (each owns a model thread)."""
+        masters = [p for p in children(self.proc.pid) if "gunicorn" in cmdline(p)]
+        return [w for m in masters for w in children(m)]
+
+    def leftovers(self) -> list[str]:
+        """Processes of this server's session still alive (nginx, gunicorn and their workers
+        all run in the session the server was started in)."""
+        return [f"{pid}: {cmdline(pid)[:160]}" for pid in session_processes(self.proc.pid)]
 
     def post(self, body, content_type="application/json", **kwargs):
         headers = {"Content-Type": content_type, **kwargs.pop("headers", {})}

@@ -176,7 +176,7 @@ def test_broken_model_dir_names_the_file(tmp_path, demo_dir, breakage, expected)
     breakage(model_dir)
     with pytest.raises(ModelLoadError) as info:
         load_model(model_dir)
-    assert info.value.status == 500
+    assert info.value.status == 422
     for part in expected:
         assert part in info.value.message, (part, info.value.message)
     with pytest.raises(ModelLoadError):
@@ -244,16 +244,18 @@ def hostile_members(kind: str, outside: Path) -> tuple[list, str]:
         return [_link("hard", "../../escaped-hard", tarfile.LNKTYPE)], "hard"
     if kind == "hardlink-absolute":
         return [_link("hard", "/etc/passwd", tarfile.LNKTYPE)], "hard"
-    if kind == "device":
-        info = tarfile.TarInfo("dev-null")
-        info.type = tarfile.CHRTYPE
-        info.devmajor, info.devminor = 1, 3
-        return [(info, None)], "dev-null"
+    if kind in ("device", "block-device", "fifo"):
+        name = {"device": "dev-null", "block-device": "dev-sda", "fifo": "pipe"}[kind]
+        info = tarfile.TarInfo(name)
+        info.type = {"device": tarfile.CHRTYPE, "block-device": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}[kind]
+        info.devmajor, info.devminor = (1, 3) if kind == "device" else (8, 0)
+        return [(info, None)], name
     raise AssertionError(kind)
 
 
 HOSTILE = ["dotdot", "nested-dotdot", "absolute", "symlink-outside", "symlink-absolute",
-           "symlink-then-write-through", "hardlink-outside", "hardlink-absolute", "device"]
+           "symlink-then-write-through", "hardlink-outside", "hardlink-absolute", "device", "block-device",
+           "fifo"]
 
 
 def build_hostile(kind: str, root: Path) -> tuple[Path, str]:

@@ -449,3 +449,89 @@ def test_stream_cuts_at_stop_sequence(demo_service, multiword):
     text = "".join(stream)
     worker.join(30)
     assert text.strip() == answer[:answer.find(stop)].strip()
+
+
+# -- hostile JSON: every way to break json.loads is a 400 that says what is wrong ----------
+
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize("content_type", [JSON, JSONLINES, "application/json; charset=utf-8", ";;;", None])
+def test_deeply_nested_json_is_400(demo_service, content_type):
+    error = error_of(demo_service, DEEP, content_type)
+    assert error.status == 400 and "nested too deeply" in error.message and "64" in error.message
+
+
+def test_nesting_limit_is_exact(demo_service):
+    from handlers.strict_json import MAX_JSON_DEPTH, loads
+    from handlers.strict_json import depth as strict_depth
+
+    assert MAX_JSON_DEPTH == 64
+    assert strict_depth(loads("[" * 64 + "]" * 64, "body")) == 64
+    nested = '{"inputs": "x", "extra": ' + "[" * 63 + "]" * 63 + "}"  # 64 levels: the object + 63 lists
+    assert demo_service.decode(nested.encode(), JSON, None).requests[0][0] == "x"
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        demo_service.decode(nested.replace("[", "[[", 1).replace("]", "]]", 1).encode(), JSON, None)
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        loads("[" * 65 + "]" * 65, "body")
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        loads('{"a":' * 65 + "1" + "}" * 65, "line 2")
+
+
+def test_deep_nesting_in_a_user_script_body_is_400():
+    from handlers.codecs import decode_object
+
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        decode_object(DEEP, JSON)
+
+
+@pytest.mark.parametrize("body, words", [
+    (b'{"inputs": "x", "parameters": {"seed": 1' + b"0" * 5000 + b"}}", ["5001 digits", "out of range"]),
+    (b'{"inputs": "x", "parameters": {"temperature": -' + b"9" * 309 + b"}}", ["309 digits"]),
+    (b'{"inputs": "x", "parameters": {"temperature": 1e999}}', ["'temperature'", "finite"]),
+    (b'{"inputs": "x", "parameters": {"temperature": NaN}}', ["'temperature'", "finite"]),
+    (b'{"inputs": NaN}', ["'inputs'", "string"]),
+    (b'{"inputs": "x", "inputs": "y"}', ["duplicate key 'inputs'"]),
+    (b'{"inputs": "x", "parameters": {"top_k": 5, "top_k": 6}}', ["duplicate key 'top_k'"]),
+    (b'{"inputs": "\\ud800"}', ["'inputs'", "unpaired surrogate \\ud800"]),
+    (b'{"inputs": ["ok", "a\\udfffb"]}', ["'inputs'[1]", "surrogate \\udfff", "character 1"]),
+    (b'{"question": "\\ud83d?"}', ["'question'", "surrogate"]),
+])
+def test_hostile_json_values_are_400(demo_service, body, words):
+    """(No more ``float(int)`` OverflowError 500 in parameter checks: found by fuzzing.)"""
+    message = bad_request(demo_service, body)
+    assert "sys.set_int_max_str_digits" not in message
+    for part in words:
+        assert part in message, (part, message)
+
+
+def test_a_surrogate_pair_is_fine(demo_service, known):
+    question = known[0][0]
+    escaped = json.dumps(question + " \U0001F600").encode()  # ensure_ascii: "\ud83d\ude00"
+    assert b"\\ud83d\\ude00" in escaped
+    assert isinstance(run_json(demo_service, b'{"inputs": ' + escaped + b"}"), list)
+
+
+@pytest.mark.parametrize("content_type, body, status, words", [
+    ("text/plain; charset=idna", b"xn--", 400, ["idna"]),
+    ("text/plain; charset=undefined", b"abc", 400, ["undefined"]),
+    ("text/plain; charset=unicode_escape", b"\\ud800", 400, ["surrogate"]),
+    ("text/csv; charset=unicode_escape", b"fine\n\\udc00\n", 400, ["line 2", "surrogate"]),
+    ("text/plain; charset=utf\x00-8", b"abc", 415, ["charset"]),
+    ("text/plain; charset=" + "x" * 5000, b"abc", 415, ["charset"]),
+])
+def test_odd_charsets_are_clear_4xx(demo_service, content_type, body, status, words):
+    error = error_of(demo_service, body, content_type)
+    assert error.status == status, error.message
+    assert len(error.message) < 300
+    for part in words:
+        assert part in error.message, (part, error.message)
+
+
+@pytest.mark.parametrize("content_type, accept", [
+    ("image/" + "x" * 10_000, None),
+    (JSON, "image/" + "x" * 10_000),
+])
+def test_absurd_headers_are_not_echoed_whole(demo_service, content_type, accept):
+    error = error_of(demo_service, b'{"inputs": "x"}', content_type, accept)
+    assert error.status in (406, 415) and len(error.message) < 400

@@ -11,7 +11,7 @@ from handlers.config import ConfigError, HandlerConfig
 STATUSES = {
     errors.BadRequest: 400, errors.NotFound: 404, errors.MethodNotAllowed: 405,
     errors.NotAcceptable: 406, errors.Conflict: 409, errors.PayloadTooLarge: 413,
-    errors.UnsupportedMediaType: 415, errors.InternalError: 500, errors.ModelLoadError: 500,
+    errors.UnsupportedMediaType: 415, errors.InternalError: 500, errors.ModelLoadError: 422,
     errors.ServiceUnavailable: 503, errors.GatewayTimeout: 504, errors.InsufficientStorage: 507,
 }
 

@@ -160,7 +160,7 @@ def test_seeded_result_does_not_depend_on_batch_companions(demo_model, known):
 def test_fp16_is_refused(demo_dir, dtype):
     with pytest.raises(ModelLoadError, match="float16|fp16") as info:
         load_model(demo_dir, HandlerConfig(dtype=dtype))
-    assert info.value.status == 500
+    assert info.value.status == 422
 
 
 def test_unknown_dtype_is_refused(demo_dir):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from tests.procs import REPO, alive, cmdline, descendants, free_port
+from tests.procs import REPO, alive, children, cmdline, descendants, free_port
 
 MIB = 1024 * 1024
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -110,7 +110,10 @@ class MmsServer:
                 self.private_dir = Path(config.group(1)) if config else None
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        return self.full_log()[-6000:]
+
+    def full_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
@@ -151,6 +154,12 @@ class MmsServer:
         self.remember_processes()
         flag = f"--model-name {mms_name(name)} "
         return [pid for pid in group_members(self.java_pid) if flag in cmdline(pid) + " "]
+
+    def model_pids(self, name: str = "model") -> list[int]:
+        """The process that holds model ``name`` in each of its workers (the one MMS's
+        listener forked; ``model_workers`` lists the listeners too)."""
+        pids = self.model_workers(name)
+        return [pid for pid in pids if any(pid in children(other) for other in pids)]
 
     def leftovers(self) -> list[str]:
         """Processes of this server still alive: anything in MMS's group or seen earlier."""

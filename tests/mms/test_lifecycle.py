@@ -117,8 +117,8 @@ def test_a_load_slower_than_the_request_timeout_still_loads(server, root):
 
 def test_a_failed_load_is_reported_with_the_python_reason(server, root):
     r = server.load("loadfail", root / "loadfail")
-    assert r.status_code == 500, r.text
-    assert r.json()["code"] == 500
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == 422
     assert "weights.bin is truncated (fixture)" in r.json()["error"]
     assert "Traceback" not in r.text
     assert "loadfail" not in [m["modelName"] for m in server.get("/models").json()["models"]]

@@ -127,7 +127,7 @@ def test_load_errors(server, root):
 
 def test_broken_weights_fail_clearly_and_the_others_keep_serving(server, root, qa_pairs):
     r = server.load("broken", root / "broken")
-    assert r.status_code == 500, r.text
+    assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert "broken" in error and "model.safetensors" in error, error
     assert "Traceback" not in r.text

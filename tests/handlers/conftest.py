@@ -100,7 +100,7 @@ def bin_dir(tmp_path_factory, demo_model) -> Path:
     import torch
 
     target = copy_demo(tmp_path_factory.mktemp("bin-model"), weights=False)
-    state = {k: v.detach().clone().contiguous() for k, v in demo_model.model.state_dict().items()}
+    state = {k: v.detach().clone().contiguous() for k, v in demo_model.engine.model.state_dict().items()}
     torch.save(state, target / "pytorch_model.bin")
     torch.save({"learning_rate": 3e-4, "num_train_epochs": 3, "per_device_train_batch_size": 8,
                 "output_dir": "/opt/ml/model"}, target / "training_args.bin")

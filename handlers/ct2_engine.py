@@ -72,6 +72,7 @@ class CTranslate2Engine:
                                  f"{', '.join(COMPUTE_TYPES[kind])}")
         path = convert.shipped_model(self.model_dir) or convert.cached_conversion(
             self.model_dir, compute_type, convert.cache_dir(self.config.ct2_cache_dir))
+        self.path = path
         near = [path, self.model_dir]  # files a bare CTranslate2 model dir lacks may lie beside it
         found = {name: next((d / name for d in near if (d / name).is_file()), None)
                  for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json")}

@@ -47,12 +47,12 @@ class FlanT5Model:
     def max_input_tokens(self) -> int:
         return self._max_input_tokens or self.engine.max_input_tokens
 
-    def _head_ids(self, text: str, need: int) -> tuple[list[int], bool]:
+    def _head_ids(self, text: str, need: int, piece_chars: int = PIECE_CHARS) -> tuple[list[int], bool]:
         """The first ``need`` token ids of a long ``text`` (fewer when it has fewer), and
         whether it has more: tokenized piece by piece, each piece ending before a space
         between two ASCII characters, where ``engine.splits_at_spaces`` guarantees that the
         pieces' tokens concatenate to the whole text's; it stops once ``need`` are known."""
-        ids, start, size = [], 0, PIECE_CHARS
+        ids, start, size = [], 0, piece_chars
         while start < len(text) and len(ids) < need:
             cut = SAFE_CUT.search(text, start + size) if start + size < len(text) else None
             end = cut.start() + 1 if cut else len(text)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import requests
-import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,6 +46,8 @@ def params(random_weights: bool) -> dict:
 
 
 def bench_raw(model_dir: Path, n: int, random_weights: bool) -> dict:
+    import torch
+
     from handlers import HandlerConfig, load_model
     from handlers.generation import parse_parameters
     torch.set_num_threads(os.cpu_count())

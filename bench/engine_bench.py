@@ -190,7 +190,7 @@ def main() -> None:
             bench_model(name, model_dir, args, tmp, rows, facts)
     print(table(rows, facts, models, engines, levels))
     for path in plot(rows, models, engines, levels, args.plot_prefix):
-        print(f"plot: {path.relative_to(REPO)}")
+        print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -134,25 +134,33 @@ def table(rows: list, facts: list, models: list[str], engines: list[str], levels
     return "\n".join(out)
 
 
-def plot(rows: list, models: list[str], engines: list[str], levels: list[int], prefix: str) -> list[Path]:
+def plot(rows: list, facts: list, models: list[str], engines: list[str], levels: list[int],
+         prefix: str) -> list[Path]:
+    """Per model: throughput against concurrency per engine (stack, and raw at that batch size),
+    and the stack's PSS per engine."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     by = {(r[0], r[1], r[2]): r[3] for r in rows}
+    pss = {(m, e): mem[1] for m, e, _, mem in facts}
     paths = []
     for model in models:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, (ax, mem) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
         for engine in engines:
             line = ax.plot(levels, [by[(model, engine, f"stack, concurrency {c}")] for c in levels], marker="o",
                            label=f"{engine}, flask stack")
             ax.plot(levels, [by[(model, engine, "raw, one at a time" if c == 1 else f"raw, batches of {c}")]
                              for c in levels], linestyle="--", color=line[0].get_color(), alpha=0.6,
                     label=f"{engine}, raw generate")
-        ax.set(xlabel="concurrent clients (raw: batch size)", ylabel="requests / s", xscale="log", xticks=levels,
+            mem.bar(engine.replace(":", "\n"), pss[(model, engine)], color=line[0].get_color())
+        ax.set(xlabel="concurrent clients (raw: batch size)", ylabel="requests / s", xscale="log",
                title=f"{model}: throughput per engine")
-        ax.set_xticklabels([str(c) for c in levels])
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        mem.set(ylabel="MB", title="PSS of the stack (1 worker)")
+        mem.tick_params(axis="x", labelsize=7)
         path = REPO / "docs" / f"{prefix}{model}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=100)
@@ -189,7 +197,7 @@ def main() -> None:
             model_dir = DEMO_MODEL if name == "demo" else build_t5(tmp / name, name)
             bench_model(name, model_dir, args, tmp, rows, facts)
     print(table(rows, facts, models, engines, levels))
-    for path in plot(rows, models, engines, levels, args.plot_prefix):
+    for path in plot(rows, facts, models, engines, levels, args.plot_prefix):
         print(f"plot: {path}")
 
 

@@ -26,11 +26,22 @@ GENERATION_DEFAULTS = {"num_beams": 1, "do_sample": False, "temperature": 1.0, "
                        "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "length_penalty": 1.0,
                        "early_stopping": False, "min_new_tokens": 0}
 BACKEND = "with INFERENCE_BACKEND=ctranslate2"
+ON_LOGITS = "CTranslate2 applies it to the logits, transformers' beam search to the log-probabilities"
+# In a beam search: (parameter, refused when, why). Greedy search and sampling match transformers.
+BEAM_SEARCH_REFUSALS = (
+    ("do_sample", lambda v: v, "beam sampling is not available"),
+    ("early_stopping", lambda v: v is not True, "CTranslate2 ends a beam search once num_beams hypotheses "
+     "are finished, which is transformers' early_stopping true"),
+    ("length_penalty", lambda v: v == 0, "CTranslate2 then stops at the first finished beam"),
+    ("min_new_tokens", lambda v: v != 0, ON_LOGITS),
+    ("repetition_penalty", lambda v: v != 1, ON_LOGITS),
+    ("no_repeat_ngram_size", lambda v: v != 0, ON_LOGITS),
+)
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path | None) -> dict | list:
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return json.loads(path.read_text()) if path and path.is_file() else {}
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path} is corrupt: {exc}") from None
 
@@ -70,39 +81,40 @@ class CTranslate2Engine:
         if compute_type not in COMPUTE_TYPES[kind]:
             raise ModelLoadError(f"CT2_COMPUTE_TYPE={compute_type} is not available on {kind}: use one of "
                                  f"{', '.join(COMPUTE_TYPES[kind])}")
-        path = convert.shipped_model(self.model_dir) or convert.cached_conversion(
+        self.path = convert.shipped_model(self.model_dir) or convert.cached_conversion(
             self.model_dir, compute_type, convert.cache_dir(self.config.ct2_cache_dir))
-        self.path = path
-        near = [path, self.model_dir]  # files a bare CTranslate2 model dir lacks may lie beside it
-        found = {name: next((d / name for d in near if (d / name).is_file()), None)
-                 for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json")}
-        if found["tokenizer.json"] is None:
-            raise ModelLoadError(f"no tokenizer.json in {path}: convert with `python -m handlers.convert`, "
-                                 "which writes one")
-        self.tokenizer = TextTokenizer(found["tokenizer.json"], found["tokenizer_config.json"])
-        self.eos_token_id, self.splits_at_spaces = self.tokenizer.eos_token_id, self.tokenizer.splits_at_spaces
-        hf_config = read_json(self.model_dir / "config.json")
-        limits = [n for n in (self.tokenizer.model_max_length, hf_config.get("n_positions")) if n]
-        self.max_input_tokens = min(limits) if limits else 512
-        generation = read_json(found["generation_config.json"]) if found["generation_config.json"] else {}
-        self.defaults = {name: value if generation.get(name) is None else generation[name]
-                         for name, value in GENERATION_DEFAULTS.items()}
-        self.max_new_tokens = min(generation.get("max_new_tokens") or 64, self.config.max_new_tokens)
-        vocabulary = read_json(path / "shared_vocabulary.json")
-        if not vocabulary:
-            raise ModelLoadError(f"{path} has no shared_vocabulary.json: not a CTranslate2 seq2seq model")
-        self.vocabulary = vocabulary
-        self.ids = {}
-        for i, token in enumerate(vocabulary):
-            self.ids.setdefault(token, i)  # as CTranslate2 reads it: the first of equal names
+        self._read_model_files()
         try:
-            self.translator = ctranslate2.Translator(str(path), device=kind, device_index=index,
+            self.translator = ctranslate2.Translator(str(self.path), device=kind, device_index=index,
                                                      compute_type=compute_type,
                                                      intra_threads=self.config.threads or 0)
         except (RuntimeError, ValueError) as exc:
-            raise ModelLoadError(f"CTranslate2 cannot load {path}: {exc}") from exc
-        log.info("loaded %s with CTranslate2 (%s on %s, %s threads)", path, compute_type, kind,
+            raise ModelLoadError(f"CTranslate2 cannot load {self.path}: {exc}") from exc
+        log.info("loaded %s with CTranslate2 (%s on %s, %s threads)", self.path, compute_type, kind,
                  self.config.threads or "default")
+
+    def _read_model_files(self) -> None:
+        """Tokenizer, input limit, generation defaults and vocabulary, from the converted dir or
+        (for a CTranslate2 model converted without them) the model dir beside it."""
+        def find(name: str) -> Path | None:
+            return next((d / name for d in (self.path, self.model_dir) if (d / name).is_file()), None)
+
+        if find("tokenizer.json") is None:
+            raise ModelLoadError(f"no tokenizer.json in {self.path}: convert with `python -m handlers.convert`, "
+                                 "which writes one")
+        self.tokenizer = TextTokenizer(find("tokenizer.json"), find("tokenizer_config.json"))
+        self.eos_token_id, self.splits_at_spaces = self.tokenizer.eos_token_id, self.tokenizer.splits_at_spaces
+        hf_config = read_json(self.model_dir / "config.json")  # (a bare CTranslate2 dir: its own, no limit)
+        limits = [n for n in (self.tokenizer.model_max_length, hf_config.get("n_positions")) if n]
+        self.max_input_tokens = min(limits) if limits else 512
+        generation = read_json(find("generation_config.json"))
+        self.defaults = {name: value if generation.get(name) is None else generation[name]
+                         for name, value in GENERATION_DEFAULTS.items()}
+        self.max_new_tokens = min(generation.get("max_new_tokens") or 64, self.config.max_new_tokens)
+        self.vocabulary = read_json(self.path / "shared_vocabulary.json")
+        if not self.vocabulary:
+            raise ModelLoadError(f"{self.path} has no shared_vocabulary.json: not a CTranslate2 seq2seq model")
+        self.ids = {token: i for i, token in reversed(list(enumerate(self.vocabulary)))}  # first of equal names
 
     def tokenize(self, texts: list[str], special: bool = True) -> list[list[int]]:
         return self.tokenizer.encode(texts, special)
@@ -119,21 +131,12 @@ class CTranslate2Engine:
         if params.seed is not None:
             raise BadRequest(f"parameter 'seed' is not supported {BACKEND}: CTranslate2 seeds its sampler "
                              "once per worker thread, so a request cannot choose its seed")
-        value = lambda name: self._value(params, name)  # noqa: E731
-        if value("num_beams") == 1:
+        if self._value(params, "num_beams") == 1:
             return
-        unlike_transformers = {  # in a beam search (greedy search and sampling match transformers)
-            "do_sample": (value("do_sample"), "beam sampling is not available"),
-            "early_stopping": (value("early_stopping") is not True, "CTranslate2 ends a beam search once "
-                               "num_beams hypotheses are finished, which is transformers' early_stopping true"),
-            "length_penalty": (value("length_penalty") == 0, "CTranslate2 then stops at the first finished beam"),
-            **{name: (value(name) != neutral, "CTranslate2 applies it to the logits, transformers' beam search "
-                      "to the log-probabilities, so the beams differ")
-               for name, neutral in (("min_new_tokens", 0), ("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0))},
-        }
-        for name, (unlike, why) in unlike_transformers.items():
-            if unlike:
-                raise BadRequest(f"parameter {name!r} = {json.dumps(value(name))} is not supported in a beam search "
+        for name, refused, why in BEAM_SEARCH_REFUSALS:
+            value = self._value(params, name)
+            if refused(value):
+                raise BadRequest(f"parameter {name!r} = {json.dumps(value)} is not supported in a beam search "
                                  f"(num_beams > 1) {BACKEND}: {why}")
 
     def _options(self, params: GenerationParams) -> tuple[dict, int]:

@@ -129,6 +129,7 @@ def convert(model_dir: Path, out_dir: Path, quantization: str) -> Path:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ModelLoadError(f"{out_dir} is not empty")
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     fix_t5_output_scale()
     TransformersConverter(str(model_dir)).convert(str(out_dir), quantization=quantization, force=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -155,3 +155,18 @@ def test_transformers_backend_on_a_ctranslate2_only_dir_says_which_backend(ct2_d
     converted = shutil.copytree(ct2_demo.engine.path, tmp_path / "converted")
     with pytest.raises(ModelLoadError, match="INFERENCE_BACKEND=ctranslate2"):
         load_model(converted, HandlerConfig())
+
+
+def test_decoding_equals_transformers_for_any_ids(ct2_demo, demo_model):
+    """The tokenizers-only decoder (with transformers' clean-up of spaces) on random ids."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    size = demo_model.engine.tokenizer.vocab_size
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.lists(st.lists(st.integers(0, size - 1), max_size=40), min_size=1, max_size=4))
+    def check(sequences):
+        assert ct2_demo.engine.detokenize(sequences) == demo_model.engine.detokenize(sequences)
+
+    check()

@@ -19,27 +19,14 @@ import time
 from pathlib import Path
 
 import requests
-import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.models import build_t5  # noqa: E402
 from tests.procs import DEMO_MODEL, Server, descendants  # noqa: E402
 
 MAX_NEW = 16
-
-
-def build_t5_small(target: Path) -> Path:
-    """Random weights in t5-small's shape (60M parameters), with the demo tokenizer."""
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL)
-    config = T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
-                      feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    T5ForConditionalGeneration(config).save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    return target
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -59,6 +46,8 @@ def params(random_weights: bool) -> dict:
 
 
 def bench_raw(model_dir: Path, n: int, random_weights: bool) -> dict:
+    import torch
+
     from handlers import HandlerConfig, load_model
     from handlers.generation import parse_parameters
     torch.set_num_threads(os.cpu_count())
@@ -152,7 +141,7 @@ def main() -> None:
         if "demo" in models:
             run_model("demo", DEMO_MODEL, args.requests, False, rows, facts, tmp)
         if "t5-small-shape" in models:
-            run_model("t5-small-shape", build_t5_small(tmp / "t5-small"), args.requests // 2, True,
+            run_model("t5-small-shape", build_t5(tmp / "t5-small"), args.requests // 2, True,
                       rows, facts, tmp)
     print("| model | system | req/s | p50 ms | p99 ms |")
     print("| --- | --- | --- | --- | --- |")

@@ -29,10 +29,14 @@ def __getattr__(name: str) -> Any:
 
 
 def load_model(model_dir, config=None):
-    """Load a seq2seq model + tokenizer from a model dir or model.tar.gz (CUDA when present)."""
+    """Load a seq2seq model + tokenizer from a model dir or model.tar.gz (CUDA when present),
+    ready to run. Without ``config``, the environment's settings (``INFERENCE_BACKEND``...):
+    a user script that calls this inside a server gets the server's engine."""
+    import os
+
     from handlers.config import HandlerConfig
     from handlers.flan_t5 import FlanT5Model
-    model = FlanT5Model.load(model_dir, config or HandlerConfig())
+    model = FlanT5Model.load(model_dir, config or HandlerConfig.from_env(os.environ))
     model.place()
     return model
 

@@ -10,8 +10,8 @@ import os
 import shutil
 import sys
 
+from handlers.config import ConfigError, HandlerConfig
 from serve import logs
-from handlers.config import ConfigError
 from serve.settings import Settings
 
 log = logging.getLogger("serve")
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     try:
         settings = Settings.from_env(os.environ, args.model_dir)
+        HandlerConfig.from_env(os.environ)  # INFERENCE_BACKEND and friends: fail here, not in a worker
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2

@@ -5,8 +5,8 @@ import logging
 import os
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 
-import torch
 from flask import Flask, Response, request
 
 from handlers import HandlerConfig, load_service
@@ -23,6 +23,14 @@ log = logging.getLogger("serve.app")
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 
 
+def set_torch_threads(config: HandlerConfig, threads: int) -> None:
+    """transformers backend: torch's threads in this process (for user scripts' models too).
+    The ctranslate2 backend takes ``config.threads`` per Translator and never imports torch."""
+    if config.backend == "transformers":
+        import torch
+        torch.set_num_threads(threads)
+
+
 def error_response(error: InferenceError, headers: dict | None = None) -> Response:
     return Response(error.body(), status=error.status, mimetype="application/json", headers=headers)
 
@@ -36,11 +44,13 @@ def not_allowed_response(method: str, path: str, allowed) -> Response:
 
 class ModelServer:
     """The model for one worker process: loaded (maybe in the gunicorn master, no compute),
-    then placed, warmed up and run on the batcher's own thread in the worker."""
+    then placed, warmed up and run on the batcher's own thread in the worker. No torch here:
+    the engine (INFERENCE_BACKEND) imports what it needs."""
 
     def __init__(self, settings: Settings, env=os.environ):
         self.settings = settings
-        self.config = HandlerConfig.from_env(env)
+        # CTranslate2's threads per worker: cores / workers (INFERENCE_TORCH_THREADS), as torch's.
+        self.config = replace(HandlerConfig.from_env(env), threads=settings.torch_threads)
         self.service = None
         self.batcher: Batcher | None = None
 
@@ -60,13 +70,13 @@ class ModelServer:
         return self.service.predict(payloads)
 
     def _prepare(self) -> None:
-        torch.set_num_threads(self.settings.torch_threads)
+        set_torch_threads(self.config, self.settings.torch_threads)
         if self.service is None:
             self.load()
         started = time.monotonic()
         self.service.warm_up()
-        log.info("model warmed up in %.2f s (%d torch threads); ready", time.monotonic() - started,
-                 torch.get_num_threads())
+        log.info("model warmed up in %.2f s (%s backend, %d threads); ready", time.monotonic() - started,
+                 self.config.backend, self.config.threads)
 
     def _fatal(self, reason: str) -> None:
         # Gunicorn halts the whole server when a worker exits with 4 (APP_LOAD_ERROR), so the
@@ -80,8 +90,8 @@ def create_app(settings: Settings, preload: bool = True) -> Flask:
     app = Flask("serve", static_folder=None)
     server = ModelServer(settings)
     if preload:
-        torch.set_num_threads(1)  # no torch thread pool in a process that will fork
-        server.load()
+        set_torch_threads(server.config, 1)  # no torch thread pool in a process that will fork
+        server.load()  # reads the model, runs nothing (CTranslate2 builds its Translator in the worker)
     app.extensions["model_server"] = server
 
     def rid() -> str:

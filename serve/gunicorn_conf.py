@@ -1,8 +1,9 @@
 """Gunicorn settings, all derived from serve.settings.Settings (passed by the supervisor).
 
-The master may load the weights (``preload_app``: one copy, shared copy-on-write) but never
-runs torch compute: torch's thread pool and CUDA do not survive a fork. Each worker then
-starts its model thread, which warms up before /ping says 200.
+The master may load the model (``preload_app``) but never runs it: torch's thread pool,
+CTranslate2's threads and CUDA do not survive a fork. Each worker then starts its model
+thread, which places the model (CTranslate2: builds its Translator) and warms up before /ping
+says 200.
 """
 
 import json
@@ -10,22 +11,30 @@ import os
 
 from gunicorn import util as gunicorn_util
 
-# Ask whether a GPU exists without initialising CUDA here: a forked worker cannot use CUDA
-# that its parent initialised.
-os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-import torch  # noqa: E402
-
+from handlers.config import HandlerConfig
 from serve import logs
 from serve.settings import Settings
 
 _settings = Settings.from_json(os.environ["SERVE_SETTINGS"])
 
+
+def _preload() -> bool:
+    """transformers: load the weights once in the master (shared copy-on-write), unless CUDA is
+    there (it cannot cross a fork: each worker loads its own). ctranslate2: the master only
+    checks the files; each worker builds its own Translator. No torch for ctranslate2."""
+    if HandlerConfig.from_env(os.environ).backend != "transformers":
+        return True
+    # Ask whether a GPU exists without initialising CUDA here.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+    return not torch.cuda.is_available()
+
+
 bind = os.environ["SERVE_UPSTREAM"]
 workers = _settings.workers
 worker_class = "gthread"
 threads = _settings.http_threads
-# CUDA cannot cross a fork: with a GPU each worker loads its own copy.
-preload_app = not torch.cuda.is_available()
+preload_app = _preload()
 os.environ["SERVE_PRELOAD"] = "1" if preload_app else "0"
 timeout = _settings.timeout_s + 10  # after the app's own 504 (timeout_s) and nginx's (+5)
 graceful_timeout = 25  # inside SageMaker's 30 s between SIGTERM and SIGKILL

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 def test_demo_model_on_cuda_in_bf16_answers_like_fp32_cpu(qa_pairs):
     from handlers import HandlerConfig, load_model, predict
     gpu = load_model(DEMO_MODEL)
-    assert gpu.device.type == "cuda"
-    assert next(gpu.model.parameters()).dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported()
+    assert gpu.engine.device.type == "cuda"
+    assert next(gpu.engine.model.parameters()).dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported()
                                                   else torch.float32)
     cpu = load_model(DEMO_MODEL, HandlerConfig(device="cpu"))
     questions = [p["question"] for p in qa_pairs]

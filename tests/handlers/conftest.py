@@ -100,7 +100,7 @@ def bin_dir(tmp_path_factory, demo_model) -> Path:
     import torch
 
     target = copy_demo(tmp_path_factory.mktemp("bin-model"), weights=False)
-    state = {k: v.detach().clone().contiguous() for k, v in demo_model.model.state_dict().items()}
+    state = {k: v.detach().clone().contiguous() for k, v in demo_model.engine.model.state_dict().items()}
     torch.save(state, target / "pytorch_model.bin")
     torch.save({"learning_rate": 3e-4, "num_train_epochs": 3, "per_device_train_batch_size": 8,
                 "output_dir": "/opt/ml/model"}, target / "training_args.bin")
@@ -138,3 +138,52 @@ def script_dir(tmp_path, demo_dir):
         return target
 
     return make
+
+
+def convert_cli(model_dir: Path, out_dir: Path, quantization: str = "float32") -> Path:
+    """``python -m handlers.convert``, as a user runs it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "handlers.convert", str(model_dir), str(out_dir),
+                           "--quantization", quantization], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def ct2_cache(tmp_path_factory) -> Path:
+    """One conversion cache for the session: each checkpoint converts once per compute type."""
+    return tmp_path_factory.mktemp("ct2-cache")
+
+
+@pytest.fixture(scope="session")
+def ct2_config(ct2_cache):
+    """Factory: a ctranslate2-backend HandlerConfig using the session's cache."""
+    from handlers import HandlerConfig
+
+    def make(compute_type: str = "float32", **overrides) -> HandlerConfig:
+        return HandlerConfig(backend="ctranslate2", compute_type=compute_type, ct2_cache_dir=str(ct2_cache),
+                             **overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ct2_demo(demo_dir, ct2_config):
+    """The demo model on CTranslate2 float32 (converted into the session cache)."""
+    from handlers import load_model
+
+    return load_model(demo_dir, ct2_config())
+
+
+@pytest.fixture(scope="session")
+def t5_small_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(HF dir, CTranslate2 float32 dir) of the random-weight t5-small shape the benchmarks
+    use, built and converted once per session."""
+    from bench.models import build_t5
+
+    root = tmp_path_factory.mktemp("t5-small")
+    hf_dir = build_t5(root / "hf")
+    return hf_dir, convert_cli(hf_dir, root / "ct2")

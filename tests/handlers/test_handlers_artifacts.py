@@ -50,8 +50,8 @@ def test_pytorch_model_bin_weights_equal_the_safetensors_weights(bin_dir, demo_m
     import torch
 
     model = load_model(bin_dir)
-    theirs = demo_model.model.state_dict()
-    for name, tensor in model.model.state_dict().items():
+    theirs = demo_model.engine.model.state_dict()
+    for name, tensor in model.engine.model.state_dict().items():
         assert torch.equal(tensor, theirs[name]), name
 
 
@@ -60,7 +60,7 @@ def test_spiece_model_only_tokenizer(spiece_only_dir, demo_model, demo_answers, 
     model = load_model(spiece_only_dir)
     assert answers(model, sample) == [demo_answers[q] for q in sample]
     text = "Where was Zoë Ferrwick born? <extra_id_0>"
-    assert model.tokenizer(text).input_ids == demo_model.tokenizer(text).input_ids
+    assert model.engine.tokenizer(text).input_ids == demo_model.engine.tokenizer(text).input_ids
 
 
 def test_model_tar_gz_path_loads(plain_tar, demo_answers, sample, private_tmp):

@@ -101,9 +101,9 @@ def test_generate_groups_requests_with_equal_parameters(demo_model, known):
 def test_truncation_is_reported(demo_dir, known):
     model = load_model(demo_dir, HandlerConfig(max_input_tokens=8))
     assert model.max_input_tokens == 8
-    long_question = next(q for q, _ in known if len(model.tokenizer(q).input_ids) > 8)
+    long_question = next(q for q, _ in known if len(model.engine.tokenizer(q).input_ids) > 8)
     short = "born"
-    assert len(model.tokenizer(short).input_ids) <= 8
+    assert len(model.engine.tokenizer(short).input_ids) <= 8
     long_result, short_result = predict(model, [
         {"inputs": long_question}, {"inputs": short}])
     assert long_result[0].get("truncated") is True
@@ -169,18 +169,18 @@ def test_unknown_dtype_is_refused(demo_dir):
 
 
 def test_dtype_override_and_cpu_default(demo_dir, demo_model, known):
-    assert demo_model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert demo_model.engine.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        assert next(demo_model.model.parameters()).dtype == torch.float32
+        assert next(demo_model.engine.model.parameters()).dtype == torch.float32
     model = load_model(demo_dir, HandlerConfig(dtype="bfloat16", device="cpu"))
-    assert next(model.model.parameters()).dtype == torch.bfloat16
-    assert model.device == torch.device("cpu")
+    assert next(model.engine.model.parameters()).dtype == torch.bfloat16
+    assert model.engine.device == torch.device("cpu")
     [got] = predict(model, [known[0][0]])
     assert isinstance(got["generated_text"], str)
 
 
 def test_model_is_in_eval_mode_and_loads_without_network(demo_model):
-    assert demo_model.model.training is False
+    assert demo_model.engine.model.training is False
     assert isinstance(demo_model, FlanT5Model)
 
 

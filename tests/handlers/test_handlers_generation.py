@@ -201,12 +201,12 @@ def test_every_accepted_parameter_set_generates(demo_service, known, parameters)
 
 
 def test_max_new_tokens_bounds_output(demo_model, demo_service, known):
-    question, answer = next((q, a) for q, a in known if len(demo_model.tokenizer(a).input_ids) > 3)
+    question, answer = next((q, a) for q, a in known if len(demo_model.engine.tokenizer(a).input_ids) > 3)
     body = json.dumps({"inputs": question, "parameters": {"max_new_tokens": 2}}).encode()
     payload = demo_service.decode(body, "application/json", None)
     [[generation]] = demo_service.predict([payload])
     [text] = generation.texts
-    assert len(demo_model.tokenizer(text, add_special_tokens=False).input_ids) <= 2
+    assert len(demo_model.engine.tokenizer(text, add_special_tokens=False).input_ids) <= 2
     assert answer.startswith(text.strip())
 
 

@@ -1,0 +1,27 @@
+"""Models the benchmarks (and tests) build: random weights in a real model's shape, with the
+demo tokenizer (no hub: nothing can be downloaded here)."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_MODEL = REPO / "demo" / "model"
+SHAPES = {  # T5Config arguments
+    "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),  # 60M parameters
+    "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),  # 250M parameters
+}
+
+
+def build_t5(target: Path, shape: str = "t5-small") -> Path:
+    """Random weights in ``shape`` (Flan-T5's gated-GELU variant), saved as safetensors.
+    ``initializer_factor`` 5: with T5's default initialisation greedy decoding repeats one token."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL)
+    config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, initializer_factor=5.0,
+                      **SHAPES[shape])
+    T5ForConditionalGeneration(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

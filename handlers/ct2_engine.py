@@ -1,0 +1,179 @@
+"""The CTranslate2 engine: a converted model (``ctranslate2.Translator``) and a ``tokenizers``
+tokenizer, with no torch at run time.
+
+Loading only checks files (so a gunicorn master may load before it forks); ``place()``, on
+the model thread of the serving process, converts the checkpoint when no converted model
+exists (once, in a subprocess, into a cache) and builds the Translator, which starts
+CTranslate2's own threads (and CUDA) in the process that will use them.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from handlers import convert
+from handlers.artifacts import check_model_dir
+from handlers.config import HandlerConfig
+from handlers.errors import BadRequest, ModelLoadError
+from handlers.generation import GenerationParams
+from handlers.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+COMPUTE_TYPES = {"cpu": ("int8", "int8_float32", "float32"), "cuda": ("bfloat16", "int8_bfloat16", "float32")}
+# What transformers' GenerationConfig uses when the model's generation_config.json is silent.
+GENERATION_DEFAULTS = {"num_beams": 1, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
+                       "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "length_penalty": 1.0,
+                       "early_stopping": False, "min_new_tokens": 0}
+BACKEND = "with INFERENCE_BACKEND=ctranslate2"
+ON_LOGITS = "CTranslate2 applies it to the logits, transformers' beam search to the log-probabilities"
+# In a beam search: (parameter, refused when, why). Greedy search and sampling match transformers.
+BEAM_SEARCH_REFUSALS = (
+    ("do_sample", lambda v: v, "beam sampling is not available"),
+    ("early_stopping", lambda v: v is not True, "CTranslate2 ends a beam search once num_beams hypotheses "
+     "are finished, which is transformers' early_stopping true"),
+    ("length_penalty", lambda v: v == 0, "CTranslate2 then stops at the first finished beam"),
+    ("min_new_tokens", lambda v: v != 0, ON_LOGITS),
+    ("repetition_penalty", lambda v: v != 1, ON_LOGITS),
+    ("no_repeat_ngram_size", lambda v: v != 0, ON_LOGITS),
+)
+
+
+def read_json(path: Path | None) -> dict | list:
+    try:
+        return json.loads(path.read_text()) if path and path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is corrupt: {exc}") from None
+
+
+class CTranslate2Engine:
+    name = "ctranslate2"
+
+    def __init__(self, model_dir: Path, config: HandlerConfig):
+        self.model_dir, self.config = model_dir, config
+        self.translator = None
+
+    @classmethod
+    def load(cls, path: Path, config: HandlerConfig) -> "CTranslate2Engine":
+        if config.compute_type in ("float16", "int8_float16"):
+            raise ModelLoadError(f"CT2_COMPUTE_TYPE={config.compute_type} is refused: T5 overflows to NaN "
+                                 "in float16; use bfloat16, int8_bfloat16 or float32 on a GPU")
+        known = {t for types in COMPUTE_TYPES.values() for t in types}
+        if config.compute_type and config.compute_type not in known:
+            raise ModelLoadError(f"CT2_COMPUTE_TYPE={config.compute_type!r} is not one of {', '.join(sorted(known))}")
+        if convert.shipped_model(path) is None:
+            check_model_dir(path)  # an HF checkpoint, converted on first use
+        return cls(path, config)
+
+    def place(self) -> None:
+        """Pick device and compute type, find or make the converted model, build the Translator."""
+        if self.translator is not None:
+            return
+        import ctranslate2
+        kind, _, index = (self.config.device or ("cuda" if ctranslate2.get_cuda_device_count() else "cpu")
+                          ).partition(":")
+        if kind not in COMPUTE_TYPES:
+            raise ModelLoadError(f"INFERENCE_DEVICE={self.config.device!r}: CTranslate2 runs on cpu or cuda")
+        index = int(index or 0)
+        compute_type = self.config.compute_type or (
+            "int8" if kind == "cpu" else
+            "bfloat16" if "bfloat16" in ctranslate2.get_supported_compute_types("cuda", index) else "float32")
+        if compute_type not in COMPUTE_TYPES[kind]:
+            raise ModelLoadError(f"CT2_COMPUTE_TYPE={compute_type} is not available on {kind}: use one of "
+                                 f"{', '.join(COMPUTE_TYPES[kind])}")
+        self.path = convert.shipped_model(self.model_dir) or convert.cached_conversion(
+            self.model_dir, compute_type, convert.cache_dir(self.config.ct2_cache_dir))
+        self._read_model_files()
+        try:
+            self.translator = ctranslate2.Translator(str(self.path), device=kind, device_index=index,
+                                                     compute_type=compute_type,
+                                                     intra_threads=self.config.threads or 0)
+        except (RuntimeError, ValueError) as exc:
+            raise ModelLoadError(f"CTranslate2 cannot load {self.path}: {exc}") from exc
+        log.info("loaded %s with CTranslate2 (%s on %s, %s threads)", self.path, compute_type, kind,
+                 self.config.threads or "default")
+
+    def _read_model_files(self) -> None:
+        """Tokenizer, input limit, generation defaults and vocabulary, from the converted dir or
+        (for a CTranslate2 model converted without them) the model dir beside it."""
+        def find(name: str) -> Path | None:
+            return next((d / name for d in (self.path, self.model_dir) if (d / name).is_file()), None)
+
+        if find("tokenizer.json") is None:
+            raise ModelLoadError(f"no tokenizer.json in {self.path}: convert with `python -m handlers.convert`, "
+                                 "which writes one")
+        self.tokenizer = TextTokenizer(find("tokenizer.json"), find("tokenizer_config.json"))
+        self.eos_token_id, self.splits_at_spaces = self.tokenizer.eos_token_id, self.tokenizer.splits_at_spaces
+        hf_config = read_json(self.model_dir / "config.json")  # (a bare CTranslate2 dir: its own, no limit)
+        limits = [n for n in (self.tokenizer.model_max_length, hf_config.get("n_positions")) if n]
+        self.max_input_tokens = min(limits) if limits else 512
+        generation = read_json(find("generation_config.json"))
+        self.defaults = {name: value if generation.get(name) is None else generation[name]
+                         for name, value in GENERATION_DEFAULTS.items()}
+        self.max_new_tokens = min(generation.get("max_new_tokens") or 64, self.config.max_new_tokens)
+        self.vocabulary = read_json(self.path / "shared_vocabulary.json")
+        if not self.vocabulary:
+            raise ModelLoadError(f"{self.path} has no shared_vocabulary.json: not a CTranslate2 seq2seq model")
+        self.ids = {token: i for i, token in reversed(list(enumerate(self.vocabulary)))}  # first of equal names
+
+    def tokenize(self, texts: list[str], special: bool = True) -> list[list[int]]:
+        return self.tokenizer.encode(texts, special)
+
+    def detokenize(self, sequences: list[list[int]]) -> list[str]:
+        return self.tokenizer.decode(sequences)
+
+    def _value(self, params: GenerationParams, name: str):
+        value = getattr(params, name)
+        return self.defaults[name] if value is None else value
+
+    def check(self, params: GenerationParams) -> None:
+        """400 for what CTranslate2 cannot do as transformers does."""
+        if params.seed is not None:
+            raise BadRequest(f"parameter 'seed' is not supported {BACKEND}: CTranslate2 seeds its sampler "
+                             "once per worker thread, so a request cannot choose its seed")
+        if self._value(params, "num_beams") == 1:
+            return
+        for name, refused, why in BEAM_SEARCH_REFUSALS:
+            value = self._value(params, name)
+            if refused(value):
+                raise BadRequest(f"parameter {name!r} = {json.dumps(value)} is not supported in a beam search "
+                                 f"(num_beams > 1) {BACKEND}: {why}")
+
+    def _options(self, params: GenerationParams) -> tuple[dict, int]:
+        """translate_batch options, and how many copies of each input to run (one per sample)."""
+        value = lambda name: self._value(params, name)  # noqa: E731
+        longest = params.max_new_tokens or self.max_new_tokens
+        options = {"max_input_length": 0, "max_batch_size": 0, "beam_size": 1, "return_end_token": True,
+                   "max_decoding_length": longest, "min_decoding_length": min(value("min_new_tokens"), longest),
+                   "repetition_penalty": value("repetition_penalty"),
+                   "no_repeat_ngram_size": value("no_repeat_ngram_size")}
+        if value("do_sample"):
+            options.update(sampling_topk=value("top_k"), sampling_topp=value("top_p"),
+                           sampling_temperature=value("temperature"))
+            return options, params.num_return_sequences
+        if value("num_beams") > 1:
+            options.update(beam_size=value("num_beams"), num_hypotheses=params.num_return_sequences,
+                           length_penalty=value("length_penalty"), patience=1)
+        return options, 1
+
+    def _ids(self, tokens: list[str]) -> list[int]:
+        ids = [self.ids[token] for token in tokens]
+        return ids[:-1] if ids and ids[-1] == self.eos_token_id else ids
+
+    def generate(self, inputs: list[list[int]], params: GenerationParams) -> list[list[int]]:
+        """``num_return_sequences`` generated id lists per input (input-major), without ``</s>``."""
+        options, copies = self._options(params)
+        source = [[self.vocabulary[i] for i in row] for row in inputs for _ in range(copies)]
+        results = self.translator.translate_batch(source, **options)
+        return [self._ids(tokens) for result in results for tokens in result.hypotheses]
+
+    def stream(self, inputs: list[int], params: GenerationParams, on_token: Callable[[int], bool]) -> None:
+        """Generate for one input, calling ``on_token(id)`` per token until it returns True."""
+        options, _ = self._options(params)
+        for name in ("max_batch_size", "beam_size", "return_end_token"):
+            del options[name]
+        steps = self.translator.generate_tokens([self.vocabulary[i] for i in inputs], **options)
+        for step in steps:
+            if on_token(step.token_id):
+                steps.close()  # stops the decoding
+                break

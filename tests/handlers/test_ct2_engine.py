@@ -1,0 +1,172 @@
+"""The CTranslate2 engine against the transformers engine, on real models: the same answers
+(greedy, beam search, every parameter it accepts), 400 for what it cannot honour, sampling,
+streaming, user scripts' default hooks."""
+
+import json
+import shutil
+import threading
+
+import pytest
+
+from handlers import HandlerConfig, load_model, load_service, predict
+from handlers.errors import BadRequest, ModelLoadError
+from handlers.generation import GenerationParams, parse_parameters
+
+from tests.handlers.conftest import copy_demo
+
+
+def texts(results):
+    return [r["generated_text"] for r in results]
+
+
+def test_float32_greedy_answers_equal_transformers_on_the_whole_qa_set(ct2_demo, demo_qa, demo_answers):
+    questions = [row["question"] for row in demo_qa]
+    assert ct2_demo.engine.name == "ctranslate2"
+    assert texts(predict(ct2_demo, questions)) == [demo_answers[q] for q in questions]  # 100 %
+
+
+def test_int8_exact_match_within_two_points_of_transformers(demo_dir, ct2_config, demo_qa, demo_answers):
+    compute_type = "int8"
+    model = load_model(demo_dir, ct2_config(compute_type))
+    questions = [row["question"] for row in demo_qa]
+    answers = texts(predict(model, questions))
+    exact = sum(a == row["answer"] for a, row in zip(answers, demo_qa)) / len(demo_qa)
+    reference = sum(demo_answers[row["question"]] == row["answer"] for row in demo_qa) / len(demo_qa)
+    print(f"exact match: ctranslate2 {compute_type} {exact:.1%}, transformers float32 {reference:.1%}")
+    assert exact >= reference - 0.02
+
+
+@pytest.mark.parametrize("parameters", [
+    {"num_beams": 2, "early_stopping": True},
+    {"num_beams": 4, "early_stopping": True, "num_return_sequences": 3},
+    {"num_beams": 3, "early_stopping": True, "length_penalty": -2.0, "max_new_tokens": 8},
+    {"repetition_penalty": 1.5}, {"repetition_penalty": 0.7},
+    {"no_repeat_ngram_size": 1}, {"min_new_tokens": 10}, {"max_new_tokens": 3},
+    {"do_sample": True, "top_k": 1, "num_return_sequences": 2},  # top_k 1 sampling is greedy
+])
+def test_parameters_give_transformers_results(demo_model, ct2_demo, demo_qa, parameters):
+    requests = [{"inputs": row["question"], "parameters": parameters} for row in demo_qa[::3]]
+    assert predict(ct2_demo, requests) == predict(demo_model, requests)
+
+
+def test_t5_small_shape_float32_greedy_token_ids_equal(t5_small_dirs, demo_qa):
+    hf_dir, ct2_dir = t5_small_dirs
+    reference = load_model(hf_dir, HandlerConfig())
+    model = load_model(ct2_dir, HandlerConfig(backend="ctranslate2", compute_type="float32"))
+    inputs, _ = reference._encode([row["question"] for row in demo_qa[:24]])
+    for parameters in ({"max_new_tokens": 16, "min_new_tokens": 16}, {"max_new_tokens": 16}):
+        params = parse_parameters(parameters, max_new_tokens_cap=512)
+        expected = reference.engine.generate(inputs, params)
+        assert len({token for ids in expected for token in ids}) > 100  # random weights, varied tokens
+        assert model.engine.generate(inputs, params) == expected
+
+
+@pytest.mark.parametrize("parameters, named", [
+    ({"seed": 3}, "seed"),
+    ({"num_beams": 2}, "early_stopping"),  # the model's default, false, is transformers' own rule
+    ({"num_beams": 2, "early_stopping": "never"}, "early_stopping"),
+    ({"num_beams": 2, "early_stopping": True, "do_sample": True}, "do_sample"),
+    ({"num_beams": 2, "early_stopping": True, "length_penalty": 0}, "length_penalty"),
+    ({"num_beams": 2, "early_stopping": True, "min_new_tokens": 2}, "min_new_tokens"),
+    ({"num_beams": 2, "early_stopping": True, "repetition_penalty": 1.2}, "repetition_penalty"),
+    ({"num_beams": 2, "early_stopping": True, "no_repeat_ngram_size": 2}, "no_repeat_ngram_size"),
+])
+def test_parameters_ctranslate2_cannot_honour_are_400_naming_them(ct2_demo, demo_model, known, parameters,
+                                                                   named):
+    request = {"inputs": known[0][0], "parameters": parameters}
+    with pytest.raises(BadRequest, match=f"'{named}'.*INFERENCE_BACKEND=ctranslate2") as info:
+        predict(ct2_demo, [request])
+    assert info.value.status == 400
+    predict(demo_model, [request])  # transformers runs it
+
+
+def test_a_refused_group_fails_alone(ct2_demo, known):
+    (q1, a1), (q2, _) = known[:2]
+    results = ct2_demo.generate([(q1, GenerationParams()), (q2, GenerationParams(seed=1))])
+    assert results[0].texts == (a1,)
+    assert isinstance(results[1], BadRequest)
+
+
+def test_unseeded_sampling_samples(ct2_demo, known):
+    request = {"inputs": known[0][0], "parameters": {"do_sample": True, "temperature": 50.0, "top_k": 0,
+                                                      "num_return_sequences": 3, "max_new_tokens": 4}}
+    samples = [tuple(texts(predict(ct2_demo, [request])[0])) for _ in range(4)]
+    assert all(len(s) == 3 for s in samples)
+    assert len({t for s in samples for t in s}) > 6  # near-uniform over 1,100 tokens
+
+
+def test_sampling_defaults_come_from_the_models_generation_config(tmp_path, ct2_demo, demo_model, known):
+    """do_sample and top_k 1 in generation_config.json: both engines sample from one token."""
+    model_dir = copy_demo(tmp_path / "model")
+    shutil.copytree(ct2_demo.engine.path, model_dir / "ctranslate2")
+    for path in (model_dir / "generation_config.json", model_dir / "ctranslate2" / "generation_config.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "do_sample": True, "top_k": 1}))
+    questions = [q for q, _ in known[:8]]
+    ct2_model = load_model(model_dir, HandlerConfig(backend="ctranslate2", compute_type="float32"))
+    assert ct2_model.engine.defaults["top_k"] == 1
+    assert texts(predict(ct2_model, questions)) == [a for _, a in known[:8]]
+    assert texts(predict(load_model(model_dir, HandlerConfig()), questions)) == [a for _, a in known[:8]]
+
+
+def run_stream(model, prompt: str, **parameters) -> list[str]:
+    stream = model.stream(prompt, parse_parameters(parameters, max_new_tokens_cap=512), timeout=30)
+    thread = threading.Thread(target=stream.run)
+    thread.start()
+    pieces = list(stream)
+    thread.join(30)
+    return pieces
+
+
+@pytest.mark.parametrize("engine", ["demo_model", "ct2_demo"])
+def test_stream_pieces_add_up_to_the_answer(request, engine, multiword):
+    model = request.getfixturevalue(engine)
+    question, answer = multiword
+    pieces = run_stream(model, question)
+    assert len(pieces) > 1 and "".join(pieces) == answer
+    stop = answer.split()[1]
+    assert "".join(run_stream(model, question, stop=stop)) == answer[:answer.find(stop)]
+
+
+def test_stream_refuses_what_ctranslate2_cannot_honour(ct2_demo, known):
+    with pytest.raises(BadRequest, match="seed"):
+        ct2_demo.stream(known[0][0], GenerationParams(do_sample=True, seed=2), timeout=5)
+
+
+def test_user_script_default_hooks_run_on_ctranslate2(script_dir, ct2_config, known):
+    service = load_service(script_dir("only_predict_fn.py"), ct2_config())
+    assert service.model.engine.name == "ctranslate2"
+    service.warm_up()
+    question, answer = known[0]
+    payload = service.decode(json.dumps({"inputs": question}).encode(), "application/json", None)
+    [result] = service.predict([payload])
+    assert json.loads(service.encode(result, payload)[0]) == {"answer": answer, "data_type": "dict"}
+
+
+def test_compute_types_are_checked(demo_dir, ct2_config):
+    with pytest.raises(ModelLoadError, match="CT2_COMPUTE_TYPE=float16 is refused"):
+        load_model(demo_dir, ct2_config("float16"))
+    with pytest.raises(ModelLoadError, match="CT2_COMPUTE_TYPE='int4'"):
+        load_model(demo_dir, ct2_config("int4"))
+    with pytest.raises(ModelLoadError, match="bfloat16 is not available on cpu"):
+        load_model(demo_dir, ct2_config("bfloat16", device="cpu"))
+
+
+def test_transformers_backend_on_a_ctranslate2_only_dir_says_which_backend(ct2_demo, tmp_path):
+    converted = shutil.copytree(ct2_demo.engine.path, tmp_path / "converted")
+    with pytest.raises(ModelLoadError, match="INFERENCE_BACKEND=ctranslate2"):
+        load_model(converted, HandlerConfig())
+
+
+def test_decoding_equals_transformers_for_any_ids(ct2_demo, demo_model):
+    """The tokenizers-only decoder (with transformers' clean-up of spaces) on random ids."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    size = demo_model.engine.tokenizer.vocab_size
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.lists(st.lists(st.integers(0, size - 1), max_size=40), min_size=1, max_size=4))
+    def check(sequences):
+        assert ct2_demo.engine.detokenize(sequences) == demo_model.engine.detokenize(sequences)
+
+    check()

@@ -1,0 +1,180 @@
+"""The flask stack with INFERENCE_BACKEND=ctranslate2, over real HTTP: the same contract as with
+transformers, torch-free workers (seen from outside, in /proc), conversion once per cache."""
+
+import concurrent.futures
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.procs import DEMO_MODEL, REPO, Server, children, cmdline
+
+CT2 = {"INFERENCE_BACKEND": "ctranslate2"}
+TORCH_LIBRARIES = ("libtorch", "libc10")
+
+
+def model_with_ctranslate2(target: Path, script: str | None = None) -> Path:
+    """The demo model as users ship it converted: HF files + ctranslate2/ (+ code/inference.py)."""
+    shutil.copytree(DEMO_MODEL, target)
+    done = subprocess.run([sys.executable, "-m", "handlers.convert", str(target), str(target / "ctranslate2"),
+                           "--quantization", "int8"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    if script:
+        (target / "code").mkdir()
+        shutil.copyfile(REPO / "tests" / "handlers" / "fixtures" / script, target / "code" / "inference.py")
+    return target
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory) -> Path:
+    return model_with_ctranslate2(tmp_path_factory.mktemp("shipped") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(shipped, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache") / "unused"
+    with Server(shipped, env={**CT2, "CT2_CACHE_DIR": str(cache)},
+                log_path=tmp_path_factory.mktemp("serve") / "serve.log") as srv:
+        yield srv
+        assert not cache.exists()  # the shipped model was used as is
+        assert srv.stop() == 0
+
+
+def ask(server, question, **parameters):
+    body = {"inputs": question, **({"parameters": parameters} if parameters else {})}
+    response = server.post(json.dumps(body))
+    assert response.status_code == 200, response.text
+    return response.json()[0]["generated_text"]
+
+
+def gunicorn_processes(server) -> tuple[int, list[int]]:
+    [master] = [p for p in children(server.proc.pid) if "gunicorn" in cmdline(p)]
+    return master, children(master)
+
+
+def mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_workers_are_torch_free_and_the_master_never_built_a_translator(server, qa_pairs):
+    assert ask(server, qa_pairs[0]["question"]) == qa_pairs[0]["answer"]
+    master, workers = gunicorn_processes(server)
+    assert len(workers) == 1
+    for pid in (master, *workers):
+        libraries = mapped(pid)
+        assert not [lib for lib in TORCH_LIBRARIES if lib in libraries], cmdline(pid)
+    assert "libctranslate2" in mapped(workers[0])
+    assert "libctranslate2" not in mapped(master)  # threads and CUDA start after the fork
+
+
+def test_answers_and_every_content_type(server, qa_pairs):
+    q = [p["question"] for p in qa_pairs[:4]]
+    a = [p["answer"] for p in qa_pairs[:4]]
+    assert [ask(server, x) for x in q] == a
+    assert [x["generated_text"] for x in server.post(json.dumps({"inputs": q})).json()] == a
+    lines = "\n".join(json.dumps({"inputs": x}) for x in q) + "\n"
+    r = server.post(lines, "application/jsonlines")
+    assert [json.loads(line)["generated_text"] for line in r.text.splitlines()] == a
+    assert server.post("\n".join(q) + "\n", "text/csv").text.splitlines() == a
+    assert server.post(q[0], "text/plain").text == a[0]
+
+
+def test_truncation_is_reported_and_a_prompt_near_the_cap_answers(server, qa_pairs):
+    long = " ".join(["Where was Ada born?"] * 200)
+    assert server.post(json.dumps({"inputs": long})).json()[0]["truncated"] is True
+    huge = "Where was Ada born ? " * (5 * 1024 * 1024 // 21)
+    r = server.post(json.dumps({"inputs": huge}))
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()[0]["truncated"] is True
+    assert "truncated" not in server.post(json.dumps({"inputs": qa_pairs[0]["question"]})).json()[0]
+
+
+def test_streaming_and_stop_sequences(server, qa_pairs):
+    question, answer = next((p["question"], p["answer"]) for p in qa_pairs if len(p["answer"].split()) >= 3)
+    with server.post(json.dumps({"inputs": question, "parameters": {"stream": True}}), stream=True,
+                     headers={"Accept": "text/event-stream"}) as r:
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        events = [json.loads(line[len("data: "):]) for line in r.iter_lines(decode_unicode=True)
+                  if line.startswith("data: ")]
+    tokens = [e["token"]["text"] for e in events if "token" in e]
+    assert len(tokens) >= 2 and "".join(tokens) == answer
+    assert events[-1] == {"generated_text": answer}
+    stop = answer.split()[1]
+    assert ask(server, question, stop=stop) == answer[:answer.find(stop)]
+
+
+def test_concurrent_requests_batch_and_match_sequential_answers(server, qa_pairs):
+    questions = [p["question"] for p in qa_pairs[:16]]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda q: ask(server, q), questions))
+    assert answers == [p["answer"] for p in qa_pairs[:16]]
+
+
+@pytest.mark.parametrize("parameters, named", [
+    ({"seed": 1}, "seed"), ({"num_beams": 2}, "early_stopping"),
+    ({"num_beams": 2, "early_stopping": True, "repetition_penalty": 1.3}, "repetition_penalty"),
+])
+def test_what_ctranslate2_cannot_honour_is_a_400_among_good_requests(server, qa_pairs, parameters, named):
+    good = [json.dumps({"inputs": p["question"]}) for p in qa_pairs[:4]]
+    bad = json.dumps({"inputs": qa_pairs[5]["question"], "parameters": parameters})
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        responses = list(pool.map(server.post, good[:2] + [bad] + good[2:]))
+    assert [r.status_code for r in responses] == [200, 200, 400, 200, 200]
+    error = responses[2].json()
+    assert error["code"] == 400 and f"'{named}'" in error["error"] and "ctranslate2" in error["error"]
+    with server.post(bad, stream=True, headers={"Accept": "text/event-stream"}) as r:
+        if named == "seed":  # streaming refuses it before the first byte
+            assert r.status_code == 400
+    beam = ask(server, qa_pairs[0]["question"], num_beams=3, early_stopping=True)
+    assert beam == qa_pairs[0]["answer"]
+
+
+def test_user_script_calling_our_default_hooks(tmp_path, qa_pairs):
+    model_dir = model_with_ctranslate2(tmp_path / "model", script="only_predict_fn.py")
+    with Server(model_dir, env=CT2, log_path=tmp_path / "serve.log") as srv:
+        r = srv.post(json.dumps({"inputs": qa_pairs[0]["question"]}))
+        assert r.status_code == 200, r.text
+        assert r.json() == {"answer": qa_pairs[0]["answer"], "data_type": "dict"}
+        [worker] = gunicorn_processes(srv)[1]
+        assert not [lib for lib in TORCH_LIBRARIES if lib in mapped(worker)]
+
+
+def test_an_unconverted_model_converts_once_for_two_workers_then_starts_from_the_cache(tmp_path, qa_pairs):
+    cache = tmp_path / "cache"
+    env = {**CT2, "CT2_CACHE_DIR": str(cache), "SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
+    for start in ("first", "second"):
+        log = tmp_path / f"{start}.log"
+        with Server(DEMO_MODEL, env=env, log_path=log) as srv:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda p: ask(srv, p["question"]), qa_pairs[:16]))
+            assert answers == [p["answer"] for p in qa_pairs[:16]]
+            workers = gunicorn_processes(srv)[1]
+            assert len(workers) == 2
+            assert all("libctranslate2" in mapped(w) and "libtorch" not in mapped(w) for w in workers)
+        conversions = log.read_text().count("to CTranslate2 (int8) in a subprocess")
+        assert conversions == (1 if start == "first" else 0), log.read_text()[-3000:]
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
+
+
+def test_a_failed_conversion_exits_non_zero_and_never_pings_200(tmp_path):
+    broken = shutil.copytree(DEMO_MODEL, tmp_path / "model")
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    srv = Server(broken, env={**CT2, "CT2_CACHE_DIR": str(tmp_path / "cache")},
+                 log_path=tmp_path / "serve.log").start()
+    try:
+        deadline = time.monotonic() + 120
+        while srv.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                assert requests.get(srv.url + "/ping", timeout=5).status_code != 200
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        assert srv.proc.poll() not in (None, 0)
+        assert "to CTranslate2 failed" in srv.log()
+    finally:
+        srv.stop()

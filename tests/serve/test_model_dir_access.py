@@ -1,0 +1,84 @@
+"""A model dir the server may not read (SageMaker local mode mounts a root-only dir; an image
+run with --user then cannot list it): one clear log line naming the path, the uid and the fix,
+then exit 2 - never a traceback. And a model.tar.gz given as the model dir is served."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from serve.settings import Settings, first_unreadable
+from tests.procs import DEMO_MODEL, REPO
+
+OTHER_UID = 65534  # nobody
+
+
+def serve_as_other_user(model_dir: Path) -> subprocess.CompletedProcess:
+    """``python -m serve --model-dir MODEL_DIR`` as a uid that is not the dir's owner: root's
+    processes read everything, so as root the server runs as ``nobody``."""
+    prefix = (["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups"]
+              if os.geteuid() == 0 else [])
+    return subprocess.run([*prefix, sys.executable, "-m", "serve", "--model-dir", str(model_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, SERVE_BIND_HOST="127.0.0.1"))
+
+
+@pytest.fixture
+def model_copy():
+    """A copy of the demo model in a fresh dir that every uid may reach (not below pytest's
+    root-only tmp dir)."""
+    parent = Path(tempfile.mkdtemp(prefix="model-access-"))
+    parent.chmod(0o755)
+    model = parent / "model"
+    shutil.copytree(DEMO_MODEL, model)
+    try:
+        yield model
+    finally:
+        shutil.rmtree(parent)
+
+
+def assert_one_clear_line(run: subprocess.CompletedProcess, path: Path) -> None:
+    assert run.returncode == 2, run.stderr
+    output = run.stdout + run.stderr
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, output
+    uid = os.geteuid() if os.geteuid() != 0 else OTHER_UID
+    assert f"cannot read {path} as uid {uid}" in errors[0]
+    assert "run the container as root" in errors[0] and "chmod -R a+rX" in errors[0]
+
+
+def test_model_dir_only_its_owner_may_read(model_copy):
+    model_copy.chmod(0o700 if os.geteuid() == 0 else 0o000)
+    try:
+        assert_one_clear_line(serve_as_other_user(model_copy), model_copy)
+    finally:
+        model_copy.chmod(0o755)
+
+
+def test_weights_only_their_owner_may_read(model_copy):
+    """safetensors may write 0600 files: the dir lists, the weights do not open."""
+    weights = model_copy / "model.safetensors"
+    weights.chmod(0o600 if os.geteuid() == 0 else 0o000)
+    assert_one_clear_line(serve_as_other_user(model_copy), weights)
+
+
+def test_first_unreadable(model_copy):
+    assert first_unreadable(str(model_copy)) is None
+    assert first_unreadable(str(model_copy / "missing")) is None  # the loader names it
+    assert first_unreadable(str(REPO / "demo" / "model.tar.gz")) is None
+
+
+def test_a_model_tar_gz_is_the_model_not_an_empty_dir(tmp_path):
+    archive = REPO / "demo" / "model.tar.gz"
+    assert Settings.from_env({}, str(archive)).model_dir == str(archive)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".keep").touch()
+    default = {"SM_DEFAULT_MODEL_DIR": str(DEMO_MODEL)}
+    assert Settings.from_env(default, str(empty)).model_dir == str(DEMO_MODEL)
+    assert Settings.from_env(default, str(tmp_path / "missing")).model_dir == str(DEMO_MODEL)

@@ -16,13 +16,8 @@ DRIVER = Path(__file__).with_name("sdk_local_mode.py")
 # Local mode runs `docker-compose up IMAGE`, which pulls an image it does not find by name:
 # the image under test gets a plain local tag.
 LOCAL_TAG = "flan-t5-sagemaker-local-mode:test"
-# The SDK's defaults file: no telemetry (an offline machine would wait on every call).
-SDK_DEFAULTS = """SchemaVersion: '1.0'
-SageMaker:
-  PythonSDK:
-    Modules:
-      TelemetryOptOut: true
-"""
+# The SDK's defaults file of the deploy guide: no telemetry (offline, every call would wait).
+SDK_DEFAULTS = REPO / "examples" / "sagemaker-defaults.yaml"
 
 
 def missing() -> str | None:
@@ -38,9 +33,7 @@ class LocalMode:
     def __init__(self, image: str, work: Path):
         docker("tag", image, LOCAL_TAG)
         self.image, self.work, self.runs = LOCAL_TAG, work, 0
-        defaults = work / "sagemaker-defaults.yaml"
-        defaults.write_text(SDK_DEFAULTS)
-        self.env = dict(os.environ, SAGEMAKER_USER_CONFIG_OVERRIDE=str(defaults),
+        self.env = dict(os.environ, SAGEMAKER_USER_CONFIG_OVERRIDE=str(SDK_DEFAULTS),
                         SAGEMAKER_SUPPRESS_V2_WARNING="1", AWS_DEFAULT_REGION="us-east-1",
                         AWS_ACCESS_KEY_ID="local-mode", AWS_SECRET_ACCESS_KEY="local-mode",
                         AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
@@ -71,7 +64,9 @@ class LocalMode:
         if code != 0:
             raise AssertionError(f"local mode {scenario} failed ({code}):\n"
                                  f"{(work / 'driver.log').read_text(errors='replace')[-6000:]}")
-        return json.loads((work / "seen.json").read_text())
+        seen = json.loads((work / "seen.json").read_text())
+        seen["log"] = (work / "driver.log").read_text(errors="replace")  # the container's too
+        return seen
 
     def remove_containers(self) -> None:
         ids = docker("ps", "-aq", "--filter", f"ancestor={self.image}").stdout.split()

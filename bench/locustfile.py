@@ -10,7 +10,7 @@ concurrency. Options (after -f): --stream (streamed answers: ``Accept: text/even
 invoke_endpoint_with_response_stream; the time to the first token is reported as a request
 of its own), --max-new-tokens N, --questions FILE (jsonlines with "question" and "answer";
 default the demo model's), --check-answers (an answer other than the file's is a failure),
---region. Add --csv PREFIX for the report as CSV files.
+--region, --markdown (the summary as a Markdown table). --csv PREFIX writes CSV files.
 """
 
 import json
@@ -33,6 +33,21 @@ def add_options(parser):
     parser.add_argument("--max-new-tokens", type=int, default=16, help="parameters.max_new_tokens")
     parser.add_argument("--questions", default=str(DEMO_QUESTIONS), help="jsonlines: question, answer")
     parser.add_argument("--check-answers", action="store_true", help="a wrong answer is a failure")
+    parser.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table")
+
+
+@events.quitting.add_listener
+def print_markdown(environment, **_):
+    if not environment.parsed_options.markdown:
+        return
+    stats = environment.stats
+    print("| request | requests | failures | req/s | p50 ms | p95 ms | p99 ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for entry in [*stats.entries.values(), stats.total]:
+        p50, p95, p99 = (entry.get_response_time_percentile(q) for q in (0.5, 0.95, 0.99))
+        name = f"{entry.method} {entry.name}" if entry.method else entry.name
+        print(f"| {name} | {entry.num_requests} | {entry.num_failures} | "
+              f"{entry.total_rps:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} |")
 
 
 class WrongAnswer(Exception):

@@ -6,5 +6,5 @@ from sagemaker.local import LocalSession
 
 def local_session(serving_port=8080):
     session = LocalSession()
-    session.config = {"local": {"local_code": True, "serving_port": serving_port}}
+    session.config = {"local": {"serving_port": serving_port}}  # the host port of /ping, /invocations
     return session

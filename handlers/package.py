@@ -113,7 +113,7 @@ def validate(model_dir: Path, question: str) -> str:
         body, _ = service.encode(result, payload)
     except (InferenceError, ConfigError) as exc:
         raise PackageError(f"the model does not load or answer: {exc}") from exc
-    except Exception as exc:  # a user script's own failure: name it, without a traceback
+    except Exception as exc:  # a user script's own failure (its traceback is in the log)
         raise PackageError(f"the model does not load or answer: {type(exc).__name__}: {exc}") from exc
     return body.decode(errors="replace")
 
@@ -144,8 +144,11 @@ def write_archive(source: Path, out: Path) -> None:
 def package(training_dir: Path, out: Path, code: Path | None = None,
             question: str = DEFAULT_QUESTION, report=print) -> None:
     kept, left_out = select(training_dir)
-    if code is None and (training_dir / "code").is_dir():
-        code = training_dir / "code"
+    if (training_dir / "code").is_dir():
+        if code is None:
+            code = training_dir / "code"
+        elif code.resolve() != (training_dir / "code").resolve():
+            left_out.append(f"code/ (replaced by {code})")
     if not out.parent.is_dir():
         raise PackageError(f"{out.parent} does not exist")
     with tempfile.TemporaryDirectory(prefix="package-") as scratch:

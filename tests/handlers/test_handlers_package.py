@@ -149,3 +149,17 @@ def test_command_line(tmp_path):
     assert run.returncode == 0, run.stderr
     assert f"wrote {out}" in run.stdout
     assert set(members(out)) == SERVING_FILES | {"model.safetensors"}
+
+
+def test_code_option_replaces_the_training_dirs_code_and_says_so(tmp_path, capsys):
+    train = training_output(tmp_path / "train")
+    (train / "code").mkdir()
+    shutil.copyfile(SEED_SCRIPT, train / "code" / "inference.py")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "inference.py").write_text("# the server's defaults for every hook\n")
+    out = tmp_path / "model.tar.gz"
+    assert main([str(train), str(out), "--code", str(own)]) == 0
+    assert f"code/ (replaced by {own})" in capsys.readouterr().out
+    with tarfile.open(out) as tar:
+        assert tar.extractfile("code/inference.py").read() == b"# the server's defaults for every hook\n"

@@ -2,8 +2,8 @@
 # CI with a real Docker daemon, on a fresh Debian 12 machine with no registry to pull from:
 #   1. apt: docker.io, docker-compose (v1: the SageMaker SDK's local mode runs it), debootstrap,
 #      docker-registry, apache2-utils
-#   2. start a private dockerd (its own data/exec root, socket, pid file; --mtu 1400; published
-#      ports bind 127.0.0.1 unless a run names another address)
+#   2. start a private dockerd (its own data/exec root, socket, pid file; --mtu 1400; ports
+#      published on the default bridge bind 127.0.0.1 unless a run names another address)
 #   3. base image: debootstrap bookworm from apt's own mirror, `docker import`
 #   4. wheelhouse on the host (pip wheel -r requirements/cpu.txt): the builds need no network
 #   5. build Dockerfile.cpu with build.sh (--wheelhouse, --ca-cert)

@@ -19,8 +19,21 @@ sys.path.insert(0, str(REPO))
 
 from examples import batch_transform, realtime  # noqa: E402
 from examples.local import local_session  # noqa: E402
+from sagemaker.local import image as local_image  # noqa: E402
 
 ROLE = "arn:aws:iam::111122223333:role/SageMakerRole"  # local mode never uses it
+_create_docker_host = local_image._SageMakerContainer._create_docker_host
+
+
+def _create_loopback_docker_host(self, *args, **kwargs):
+    """Local mode publishes serving_port on every interface of the host (and the daemon's
+    --ip does not reach compose's own network): here it stays on 127.0.0.1."""
+    host = _create_docker_host(self, *args, **kwargs)
+    host["ports"] = [f"127.0.0.1:{port}" for port in host.get("ports", [])]
+    return host
+
+
+local_image._SageMakerContainer._create_docker_host = _create_loopback_docker_host
 
 
 def docker(*args: str) -> str:

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,31 +13,38 @@ import pytest
 from serve.settings import Settings, first_unreadable
 from tests.procs import DEMO_MODEL, REPO
 
-OTHER_UID = 65534  # nobody
+OTHER_UID = 65534  # nobody: owns the model where the test runs as root
+# Root reads everything through these capabilities; without them it is held to the file modes,
+# as in a container whose capabilities are dropped (Kubernetes: drop ALL).
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
-def serve_as_other_user(model_dir: Path) -> subprocess.CompletedProcess:
-    """``python -m serve --model-dir MODEL_DIR`` as a uid that is not the dir's owner: root's
-    processes read everything, so as root the server runs as ``nobody``."""
-    prefix = (["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups"]
-              if os.geteuid() == 0 else [])
+def deny_read(path: Path, mode: int) -> None:
+    """``path`` becomes unreadable to the server: another uid's, mode ``mode`` (as root), or
+    mode 000 (as any other user, who owns it)."""
+    if os.geteuid() == 0:
+        os.chown(path, OTHER_UID, OTHER_UID)
+        path.chmod(mode)
+    else:
+        path.chmod(0)
+
+
+def serve_without_read_rights(model_dir: Path) -> subprocess.CompletedProcess:
+    """``python -m serve --model-dir MODEL_DIR``, as root without the capabilities that
+    bypass file modes (as another user, plainly)."""
+    prefix = NO_DAC if os.geteuid() == 0 else []
     return subprocess.run([*prefix, sys.executable, "-m", "serve", "--model-dir", str(model_dir)],
                           cwd=REPO, capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, SERVE_BIND_HOST="127.0.0.1"))
 
 
 @pytest.fixture
-def model_copy():
-    """A copy of the demo model in a fresh dir that every uid may reach (not below pytest's
-    root-only tmp dir)."""
-    parent = Path(tempfile.mkdtemp(prefix="model-access-"))
-    parent.chmod(0o755)
-    model = parent / "model"
+def model_copy(tmp_path):
+    model = tmp_path / "model"
     shutil.copytree(DEMO_MODEL, model)
-    try:
-        yield model
-    finally:
-        shutil.rmtree(parent)
+    yield model
+    for path in (model, *model.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # so that pytest may remove it
 
 
 def assert_one_clear_line(run: subprocess.CompletedProcess, path: Path) -> None:
@@ -47,24 +53,20 @@ def assert_one_clear_line(run: subprocess.CompletedProcess, path: Path) -> None:
     assert "Traceback" not in output, output
     errors = [line for line in output.splitlines() if " ERROR " in line]
     assert len(errors) == 1, output
-    uid = os.geteuid() if os.geteuid() != 0 else OTHER_UID
-    assert f"cannot read {path} as uid {uid}" in errors[0]
+    assert f"cannot read {path} as uid {os.geteuid()} (gid {os.getegid()})" in errors[0]
     assert "run the container as root" in errors[0] and "chmod -R a+rX" in errors[0]
 
 
 def test_model_dir_only_its_owner_may_read(model_copy):
-    model_copy.chmod(0o700 if os.geteuid() == 0 else 0o000)
-    try:
-        assert_one_clear_line(serve_as_other_user(model_copy), model_copy)
-    finally:
-        model_copy.chmod(0o755)
+    deny_read(model_copy, 0o700)
+    assert_one_clear_line(serve_without_read_rights(model_copy), model_copy)
 
 
 def test_weights_only_their_owner_may_read(model_copy):
     """safetensors may write 0600 files: the dir lists, the weights do not open."""
     weights = model_copy / "model.safetensors"
-    weights.chmod(0o600 if os.geteuid() == 0 else 0o000)
-    assert_one_clear_line(serve_as_other_user(model_copy), weights)
+    deny_read(weights, 0o600)
+    assert_one_clear_line(serve_without_read_rights(model_copy), weights)
 
 
 def test_first_unreadable(model_copy):

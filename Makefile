@@ -1,26 +1,29 @@
 # `make serve`: serve the embedded demo model on 127.0.0.1:8080 (nginx -> gunicorn -> flask).
 # `make test`:  run every test against the real stacks.
-# Both create .venv with the pinned dependencies and install nginx / Java when missing.
+# Both create .venv with the pinned dependencies and install nginx / Java when missing;
+# `make test` also creates .venv-sdk (the SageMaker SDK and locust), which serving never needs.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench deps venv system-packages clean
+.PHONY: serve test bench deps venv sdk-venv system-packages clean
 
 serve: deps
 	SERVE_BIND_HOST=$${SERVE_BIND_HOST:-127.0.0.1} $(PY) -m serve
 
-test: deps
+test: deps sdk-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: deps
 	$(PY) bench/serve_bench.py
 
-deps: venv system-packages
+deps: $(VENV)/.installed system-packages
 
-venv: $(VENV)/.installed .venv-sdk/.installed
+venv: $(VENV)/.installed sdk-venv
+
+sdk-venv: .venv-sdk/.installed
 
 $(VENV)/.installed: requirements/cpu.txt requirements/test.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
@@ -29,8 +32,9 @@ $(VENV)/.installed: requirements/cpu.txt requirements/test.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements/test.txt
 	touch $@
 
-# The SageMaker SDK's local-mode client, for one test; its own venv (it needs protobuf<7).
-.venv-sdk/.installed: requirements/sdk.txt $(VENV)/.installed
+# The deployer's tools, for the tests of the deploy guide and the load-test kit: the SageMaker
+# SDK (its local mode deploys the image) and locust. Their own venv: the SDK needs protobuf<7.
+.venv-sdk/.installed: requirements/sdk.txt
 	$(PYTHON) -m venv .venv-sdk
 	.venv-sdk/bin/pip install --disable-pip-version-check -q -r requirements/sdk.txt
 	touch $@

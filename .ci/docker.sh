@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CI with a real Docker daemon, on a fresh Debian 12 machine with no registry to pull from:
-#   1. apt: docker.io, debootstrap, docker-registry, apache2-utils
-#   2. start a private dockerd (its own data/exec root, socket, pid file; --mtu 1400)
+#   1. apt: docker.io, docker-compose (v1: the SageMaker SDK's local mode runs it), debootstrap,
+#      docker-registry, apache2-utils
+#   2. start a private dockerd (its own data/exec root, socket, pid file; --mtu 1400; ports
+#      published on the default bridge bind 127.0.0.1 unless a run names another address)
 #   3. base image: debootstrap bookworm from apt's own mirror, `docker import`
 #   4. wheelhouse on the host (pip wheel -r requirements/cpu.txt): the builds need no network
 #   5. build Dockerfile.cpu with build.sh (--wheelhouse, --ca-cert)
@@ -136,9 +138,9 @@ cd "$dci_root"
 [[ -x .venv/bin/python ]] || dci_die ".venv is missing: create it first (make venv)"
 
 # --- 1. packages -----------------------------------------------------------------------------
-dci_step "apt: docker.io debootstrap docker-registry apache2-utils"
+dci_step "apt: docker.io docker-compose debootstrap docker-registry apache2-utils"
 dci_missing=()
-for dci_pkg in docker.io debootstrap docker-registry apache2-utils; do
+for dci_pkg in docker.io docker-compose debootstrap docker-registry apache2-utils; do
     dpkg -s "$dci_pkg" >/dev/null 2>&1 || dci_missing+=("$dci_pkg")
 done
 if [[ ${#dci_missing[@]} -gt 0 ]]; then
@@ -178,7 +180,7 @@ dci_wait_tools() {
 # --- 2. dockerd --------------------------------------------------------------------------------
 dci_step "start dockerd ($DOCKER_HOST)"
 dockerd --data-root "$dci_work/data" --exec-root "$dci_work/exec" \
-    --pidfile "$dci_work/dockerd.pid" --host "$DOCKER_HOST" --mtu 1400 \
+    --pidfile "$dci_work/dockerd.pid" --host "$DOCKER_HOST" --mtu 1400 --ip 127.0.0.1 \
     > "$dci_work/dockerd.log" 2>&1 &
 dci_dockerd_pid=$!
 for _ in $(seq 1 60); do

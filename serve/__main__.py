@@ -12,7 +12,7 @@ import sys
 
 from handlers.config import ConfigError, HandlerConfig
 from serve import logs
-from serve.settings import Settings
+from serve.settings import Settings, first_unreadable
 
 log = logging.getLogger("serve")
 
@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         HandlerConfig.from_env(os.environ)  # INFERENCE_BACKEND and friends: fail here, not in a worker
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
+        return 2
+    unreadable = None if settings.multi_model else first_unreadable(settings.model_dir)
+    if unreadable:
+        log.error("cannot read %s as uid %d (gid %d): run the container as root, the image's default "
+                  "(SageMaker does), or make the model readable by this uid (chmod -R a+rX on the host "
+                  "dir; in Kubernetes, fsGroup)", unreadable, os.geteuid(), os.getegid())
         return 2
     if settings.stack == "mms":
         if not shutil.which("java"):

@@ -6,6 +6,7 @@ timeout or size limit has one source.
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,10 +47,35 @@ def _port_range(raw: str | None) -> tuple[int, int] | None:
 
 
 def _is_empty(path: Path) -> bool:
-    """No model here: a missing or empty dir (a model.tar.gz file is a model)."""
-    if path.is_file():
+    """Nothing to serve at ``path`` (missing, or a dir of hidden files only): the embedded
+    model then. A path this process may not read is not empty: ``first_unreadable`` says so."""
+    try:
+        if not stat.S_ISDIR(os.stat(path).st_mode):
+            return False  # a model.tar.gz
+        return not any(p for p in path.iterdir() if not p.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except PermissionError:
         return False
-    return not path.is_dir() or not any(p for p in path.iterdir() if not p.name.startswith("."))
+
+
+def first_unreadable(path: str) -> str | None:
+    """``path`` or the first file or dir below it that this process cannot read (SageMaker
+    local mode mounts a dir only root may read); None when everything can be read."""
+    try:
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None  # the model loader names what is missing
+    except PermissionError:
+        return path
+    if not os.access(path, os.R_OK | (os.X_OK if is_dir else 0)):
+        return path
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            child = os.path.join(root, name)
+            if not os.access(child, os.R_OK | (os.X_OK if name in dirs else 0)):
+                return child
+    return None
 
 
 @dataclass(frozen=True)

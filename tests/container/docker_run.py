@@ -27,8 +27,9 @@ class Container:
     """
 
     def __init__(self, image: str, args: tuple[str, ...] = ("serve",), *, env: dict | None = None,
-                 volumes: tuple[tuple[str, str, str], ...] = (), container_port: int = 8080):
-        self.image, self.args, self.env = image, args, env or {}
+                 volumes: tuple[tuple[str, str, str], ...] = (), container_port: int = 8080,
+                 user: str | None = None):
+        self.image, self.args, self.env, self.user = image, args, env or {}, user
         self.volumes, self.container_port = volumes, container_port
         self.name = f"flan-t5-test-{os.getpid()}-{next(_names)}"
         self.port = free_port()
@@ -42,6 +43,8 @@ class Container:
             cmd += ["-e", f"{key}={value}"]
         for host, inside, mode in self.volumes:
             cmd += ["-v", f"{host}:{inside}:{mode}"]
+        if self.user:
+            cmd += ["--user", self.user]
         self.started = time.monotonic()
         docker(*cmd, self.image, *self.args)
         return self
@@ -69,6 +72,10 @@ class Container:
 
     def exec(self, *args: str) -> subprocess.CompletedProcess:
         return docker("exec", self.name, *args, check=False)
+
+    def wait_exit(self, timeout: float = 120) -> int:
+        """The exit code, once the container has stopped on its own."""
+        return int(docker("wait", self.name, timeout=timeout).stdout.strip())
 
     def stop(self, timeout: int = 30) -> int:
         """SIGTERM (``docker stop``), SIGKILL after ``timeout`` s; the exit code."""

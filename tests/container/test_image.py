@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.container.docker_run import docker
 
 
@@ -9,9 +11,9 @@ def inspect(image: str) -> dict:
     return json.loads(docker("image", "inspect", image).stdout)[0]["Config"]
 
 
-def run(image: str, script: str) -> str:
-    """``docker run IMAGE bash -c SCRIPT``: the entrypoint runs any command but ``serve``."""
-    result = docker("run", "--rm", image, "bash", "-c", script, check=False)
+def run(image: str, script: str, *options: str) -> str:
+    """``docker run [OPTIONS] IMAGE bash -c SCRIPT``: the entrypoint runs any command but ``serve``."""
+    result = docker("run", "--rm", *options, image, "bash", "-c", script, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -22,18 +24,24 @@ def test_sagemaker_labels(cpu_image):
     assert labels["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
 
 
-def test_entrypoint_non_root_user_and_port(cpu_image):
+def test_entrypoint_root_user_and_port(cpu_image):
+    """Root by default, as SageMaker expects (its local mode mounts a root-only model dir)."""
     config = inspect(cpu_image)
     assert config["Entrypoint"] == ["/usr/local/bin/entrypoint.sh"]
-    assert config["User"] not in ("", "0", "root") and not config["User"].startswith("0:")
+    assert config["User"] in ("", "0", "root", "0:0")
     assert "8080/tcp" in config["ExposedPorts"]
-    assert run(cpu_image, "id -u").strip() != "0"
+    assert run(cpu_image, "id -u").strip() == "0"
 
 
-def test_writable_caches_and_embedded_model(cpu_image):
-    out = run(cpu_image, 'touch "$HF_HOME/probe" "$HOME/probe" /tmp/probe && echo writable; '
-                         'ls "$SM_DEFAULT_MODEL_DIR"; command -v serve nginx java')
-    assert out.startswith("writable")
+@pytest.mark.parametrize("user", [(), ("--user", "12345:12345"), ("--user", "10001")])
+def test_writable_caches_and_embedded_model(cpu_image, user):
+    """As root and as any other uid: HOME, HF_HOME, /tmp and nginx's dirs are writable."""
+    out = run(cpu_image, 'id -u; cd && touch "$HF_HOME/probe" "$HOME/probe" /tmp/probe '
+                         '/var/log/nginx/probe /var/lib/nginx/probe && echo writable; '
+                         'ls "$SM_DEFAULT_MODEL_DIR"; command -v serve nginx java', *user)
+    lines = out.splitlines()
+    assert lines[0] == (user[1].split(":")[0] if user else "0"), out
+    assert lines[1] == "writable", out
     assert "config.json" in out.split()
     assert "/opt/venv/bin/serve" in out and "nginx" in out and "java" in out
 

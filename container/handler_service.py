@@ -42,7 +42,7 @@ def _refuse_streaming(payload, accept: str | None) -> None:
     if parse(accept)[0] == EVENT_STREAM:
         raise NotAcceptable("this endpoint (the multi-model-server stack) does not stream: ask for "
                             "another Accept type to get the whole answer at once")
-    if getattr(payload, "stream", False) or getattr(getattr(payload, "data", None), "stream", False):
+    if getattr(payload, "stream", False):
         raise BadRequest("this endpoint (the multi-model-server stack) does not stream: leave out "
                          '"stream": true to get the whole answer at once')
 
@@ -146,7 +146,8 @@ class HandlerService:
                 try:
                     payload = self.service.decode(body, headers.get("content-type") or None,
                                                   headers.get("accept"))
-                    _refuse_streaming(payload, headers.get("accept"))
+                    if getattr(self.service, "streamable", False):  # where the flask stack streams
+                        _refuse_streaming(payload, headers.get("accept"))
                     decoded[idx] = payload
                 except Exception as exc:  # noqa: BLE001 - one bad request fails only itself
                     answers[idx] = self._failed(exc)

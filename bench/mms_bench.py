@@ -8,8 +8,9 @@ same models, same payloads, one run.
 Per model (the demo model; random weights in t5-small's shape, made to generate exactly
 16 tokens): raw ``generate`` one prompt at a time and 8 at a time (all cores), then each
 stack over HTTP with closed-loop keep-alive clients at concurrency 1, 4 and 8 (every
-answer checked on the demo model): our MMS stack with 1 worker x 2 torch threads and with
-2 workers x 1 thread, the flask stack, the HF toolkit with its defaults. Then multi-model
+answer checked on the demo model): our MMS stack with one worker per core x 1 torch thread
+(its default) and with 1 worker x all cores, the flask stack, the HF toolkit with its
+defaults. Then multi-model
 memory (PSS of every process with 1, 2, 4 demo copies loaded, and after unloading), and
 with ``--soak S`` Java's resident memory during S seconds at concurrency 16. Prints
 ready-to-paste Markdown tables; writes build/mms_bench.json. The HF toolkit is installed
@@ -225,9 +226,9 @@ def hf(work: Path, hf_python: Path, model_dir: Path | None) -> Server:
 
 
 def single_model_stacks(model_dir: Path, work: Path, hf_python: Path | None) -> list[Server]:
-    args = ["--model-dir", str(model_dir)]
-    out = [mms("mms 1 worker x 2 threads (default)", [*args, "--workers", "1", "--torch-threads", "2"]),
-           mms("mms 2 workers x 1 thread", [*args, "--workers", "2", "--torch-threads", "1"])]
+    args, cores = ["--model-dir", str(model_dir)], len(os.sched_getaffinity(0))
+    out = [mms(f"mms {cores} workers x 1 thread (default)", [*args, "--workers", str(cores), "--torch-threads", "1"]),
+           mms(f"mms 1 worker x {cores} threads", [*args, "--workers", "1", "--torch-threads", str(cores)])]
     port = free_port()
     out.append(Server("flask (reference)", [sys.executable, "-m", "serve", "--model-dir", str(model_dir)],
                       dict(os.environ, SERVE_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(port)), port,
@@ -310,7 +311,8 @@ def print_tables(report: dict) -> None:
                   f"{row['c8']['p99_ms']} |")
     print()
     for model, rows in report["single_model"].items():
-        ours, raw = rows.get("mms 1 worker x 2 threads (default)"), rows.get("raw", {})
+        ours = next((r for n, r in rows.items() if n.endswith("(default)")), None)
+        raw = rows.get("raw", {})
         hf_row = next((r for n, r in rows.items() if n.startswith("hf")), None)
         if not ours or not raw:
             continue

@@ -47,26 +47,30 @@ def loop_clients(server, question: str, clients: int, until: float):
     return threads, events
 
 
-def test_a_killed_worker_fails_only_its_requests_in_flight(tmp_path, qa_pairs):
-    srv = MmsServer("--model-dir", str(DEMO_MODEL), log_path=tmp_path / "mms.log")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_worker_fails_only_its_requests_in_flight(tmp_path, qa_pairs, workers):
+    srv = MmsServer("--model-dir", str(DEMO_MODEL), "--workers", str(workers), log_path=tmp_path / "mms.log")
     try:
         srv.start().wait_ready()
         threads, events = loop_clients(srv, qa_pairs[0]["question"], 4, time.monotonic() + 12)
         time.sleep(3)
-        pids = srv.model_workers("model")  # MMS's listener, and the worker it forked
-        [worker] = [p for p in pids if any(p in children(q) for q in pids)]
+        pids = srv.model_workers("model")  # MMS's listener, and the workers it forked
+        forks = [p for p in pids if any(p in children(q) for q in pids)]
+        assert len(forks) == workers
         killed = time.monotonic()
-        os.kill(worker, signal.SIGKILL)
+        os.kill(forks[0], signal.SIGKILL)
         for thread in threads:
             thread.join(60)
         failed = [e for e in events if e[2] != 200]
-        assert failed, "the kill should have failed the requests in flight"
         assert all(started < killed for started, _, _ in failed), failed  # only those in flight
         assert len(failed) <= 4
         after = [e for e in events if e[0] > killed]
         assert after and all(status == 200 for *_, status in after)  # later ones waited, then succeeded
         first_answer = min(answered for started, answered, status in events if status == 200 and started > killed)
         assert first_answer - killed < 5, first_answer - killed
+        if workers == 1:
+            assert failed, "the kill should have failed the requests in flight"
+        assert len(srv.model_workers("model")) == 1 + workers  # the killed worker was replaced
         assert srv.stop() == 0
         assert srv.leftovers() == []
     finally:

@@ -39,7 +39,7 @@ def test_507_when_free_memory_would_drop_below_the_reserve(root, tmp_path):
 
 
 def test_507_over_the_budget_then_unload_returns_memory(root, tmp_path):
-    srv = start(root, tmp_path, "--memory-budget-mb", "700", "--memory-reserve-mb", "0")
+    srv = start(root, tmp_path, "--memory-budget-mb", "700", "--memory-reserve-mb", "0", "--workers", "1")
     try:
         r = srv.load("echo", root / "echo")
         assert r.status_code == 200, r.text

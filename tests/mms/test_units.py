@@ -3,6 +3,8 @@ worker <-> front protocol."""
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from container.mms_config import ConfigValueError, MmsConfig, escape_property, j
 from container.mms_process import MMS_MAX_PORT, pick_internal_port
 from container.model_registry import mms_name, resolve_url, validate_name
 from handlers.errors import InferenceError
+from tests.procs import REPO
 
 MIB = 1024 * 1024
 
@@ -148,3 +151,12 @@ def test_java_memory_is_bounded_from_the_payload_cap():
         assert any(f.startswith(prefix) for f in flags), prefix
     heap = lambda cap: int(next(f for f in java_memory_flags(cap) if f.startswith("-Xmx"))[4:-1])  # noqa: E731
     assert heap(6 * MIB) < 512 and heap(60 * MIB) > heap(6 * MIB)
+
+
+def test_the_worker_side_imports_no_torch_itself():
+    """container.handler_service and what it imports leave the engine to handlers: with a
+    torch-free engine, an MMS worker never loads torch."""
+    code = "import sys, container.handler_service, container.mms_worker; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

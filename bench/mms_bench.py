@@ -3,19 +3,20 @@ also on multi-model-server) vs raw in-process generate, and the flask stack for 
 same models, same payloads, one run.
 
     .venv/bin/python bench/mms_bench.py [--duration 10] [--models demo,t5-small-shape]
-                                        [--stacks mms,flask,hf] [--skip-hf] [--skip-memory] [--soak 0]
+                                        [--stacks mms,flask,hf] [--skip-hf] [--skip-memory]
+                                        [--skip-kill] [--soak 0]
 
 Per model (the demo model; random weights in t5-small's shape, made to generate exactly
 16 tokens): raw ``generate`` one prompt at a time and 8 at a time (all cores), then each
 stack over HTTP with closed-loop keep-alive clients at concurrency 1, 4 and 8 (every
 answer checked on the demo model): our MMS stack with one worker per core x 1 torch thread
 (its default) and with 1 worker x all cores, the flask stack, the HF toolkit with its
-defaults. Then multi-model
-memory (PSS of every process with 1, 2, 4 demo copies loaded, and after unloading), and
-with ``--soak S`` Java's resident memory during S seconds at concurrency 16. Prints
-ready-to-paste Markdown tables; writes build/mms_bench.json. The HF toolkit is installed
-from PyPI into build/bench-hf-venv on first use. Only 127.0.0.1 is contacted; every loop
-is bounded in count and time.
+defaults. Then multi-model memory (PSS of every process with 1, 2, 4 demo copies loaded,
+and after unloading), a worker killed under load (failed requests, time until answers
+resume), and with ``--soak S`` Java's resident memory during S seconds at concurrency 16.
+Prints ready-to-paste Markdown tables; writes build/mms_bench.json. The HF toolkit is
+installed from PyPI into build/bench-hf-venv on first use. Only 127.0.0.1 is contacted;
+every loop is bounded in count and time.
 """
 
 import argparse
@@ -296,6 +297,53 @@ def java_soak(seconds: float) -> list[dict]:
     return samples
 
 
+def worker_kill(workers: int = 1) -> dict:
+    """4 clients loop on the demo model; 5 s in, the model's worker process gets SIGKILL:
+    how many requests failed (and whether they were in flight), and when answers resumed."""
+    server = mms("mms kill", ["--model-dir", str(DEMO), "--workers", str(workers)])
+    events, lock, stop = [], threading.Lock(), time.monotonic() + 600
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        for _ in range(10000):
+            if time.monotonic() >= stop:
+                return
+            started = time.monotonic()
+            try:
+                conn.request("POST", "/invocations", body=json.dumps({"inputs": "Where was Alnor Quarenard born?"}),
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn, status = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60), 0
+            with lock:
+                events.append((started, time.monotonic(), status))
+
+    try:
+        server.start()
+        stop = time.monotonic() + 15
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(5)
+        pids = {p: proc_stat(p) for p in tree(server.proc.pid)}
+        forks = [p for p, st in pids.items() if st and int(st[1]) in pids and
+                 "model_service_worker" in Path(f"/proc/{int(st[1])}/cmdline").read_text()]
+        killed = time.monotonic()
+        os.kill(forks[0], signal.SIGKILL)
+        for t in threads:
+            t.join(120)
+    finally:
+        server.stop()
+    failed = [e for e in events if e[2] != 200]
+    resumed = min((a for s, a, st in events if st == 200 and s > killed), default=None)
+    return {"workers": workers, "requests": len(events), "failed": len(failed),
+            "failed_in_flight_at_kill": sum(s < killed for s, _, _ in failed),
+            "first_answer_after_kill_s": round(resumed - killed, 2) if resumed else None}
+
+
 def print_tables(report: dict) -> None:
     print("\n| model | system | " + " | ".join(f"c={c} req/s | c={c} p50 ms" for c in LEVELS) + " | c=8 p99 ms |")
     print("| --- | --- |" + " --- | --- |" * len(LEVELS) + " --- |")
@@ -332,6 +380,11 @@ def print_tables(report: dict) -> None:
             p = r["pss_mib"]
             print(f"| {name} | {p['0']} | {p['1']} | {p['2']} | {p['4']} | {r['per_extra_model_mib']} | "
                   f"{p['after_unload']} | {min(r['load_s'])}-{max(r['load_s'])} |")
+    if report.get("kill"):
+        k = report["kill"]
+        print(f"\nSIGKILL of the worker ({k['workers']} worker, 4 clients looping): {k['failed']} of "
+              f"{k['requests']} requests failed ({k['failed_in_flight_at_kill']} of them in flight at the "
+              f"kill); first answer to a request sent after the kill {k['first_answer_after_kill_s']} s after it")
     if report["soak"]:
         print("\nJava RSS (MiB) at concurrency 16, every 15 s: "
               + ", ".join(str(s["java_rss_mib"]) for s in report["soak"])
@@ -345,6 +398,7 @@ def main() -> int:
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF toolkit")
     parser.add_argument("--stacks", default="mms,flask,hf", help="which stacks (name prefixes) to run")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the multi-model memory run")
+    parser.add_argument("--skip-kill", action="store_true", help="leave out the worker-kill run")
     parser.add_argument("--soak", type=float, default=0, help="seconds of Java memory soak (0: none)")
     parser.add_argument("--json", type=Path, default=REPO / "build" / "mms_bench.json")
     args = parser.parse_args()
@@ -387,6 +441,9 @@ def main() -> int:
                     report["multi_model"][server.name] = multi_model_memory(server, work)
                 finally:
                     server.stop()
+        if not args.skip_kill:
+            print("== worker kill under load", flush=True)
+            report["kill"] = worker_kill()
         if args.soak:
             print(f"== Java memory, {args.soak:.0f} s at concurrency 16", flush=True)
             report["soak"] = java_soak(args.soak)

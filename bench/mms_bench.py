@@ -283,7 +283,8 @@ def java_soak(seconds: float) -> list[dict]:
         server.start()
         java = next(p for p in tree(server.proc.pid) if "ModelServer" in Path(f"/proc/{p}/cmdline").read_text())
         done = {}
-        thread = threading.Thread(target=lambda: done.update(load_test(server, workload("demo"), 16, seconds, 2_000_000)))
+        run = lambda: done.update(load_test(server, workload("demo"), 16, seconds, 2_000_000))  # noqa: E731
+        thread = threading.Thread(target=run)
         started = time.monotonic()
         thread.start()
         while thread.is_alive() and time.monotonic() - started < seconds + 60:
@@ -349,11 +350,13 @@ def print_tables(report: dict) -> None:
     print("| --- | --- |" + " --- | --- |" * len(LEVELS) + " --- |")
     for model, rows in report["single_model"].items():
         raw = rows.get("raw", {})
-        for label, key, level in (("raw generate, batch 1", "raw batch 1", 1), ("raw generate, batch 8", "raw batched 8", 8)):
+        for label, key, level in (("raw generate, batch 1", "raw batch 1", 1),
+                                  ("raw generate, batch 8", "raw batched 8", 8)):
             if key in raw:
                 rps, p50, p99 = raw[key]
                 cells = " | ".join(f"{rps:.2f} | {p50:.1f}" if c == level else "- | -" for c in LEVELS)
-                print(f"| {model} | {label} (prompts/s; p50 per call) | {cells} | {f'{p99:.1f}' if level == 8 else '-'} |")
+                tail = f"{p99:.1f}" if level == 8 else "-"
+                print(f"| {model} | {label} (prompts/s; p50 per call) | {cells} | {tail} |")
         for name, row in rows.items():
             if name == "raw":
                 continue

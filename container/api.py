@@ -98,7 +98,7 @@ class Api:
         record = self._registry().get(name)
         if record is None:
             raise NotFound(f"model {name[:255]!r} is not loaded")
-        headers = {k.lower(): v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         deadline = started + self.settings.timeout_s
         future = record.queue.submit(headers, body, deadline)
         try:
@@ -106,7 +106,9 @@ class Api:
         except TimeoutError:
             future.cancel()
             answer = None
-        extra = {CUSTOM_ATTRIBUTES: request.headers[CUSTOM_ATTRIBUTES]} if CUSTOM_ATTRIBUTES in request.headers else {}
+        extra = {}
+        if CUSTOM_ATTRIBUTES in request.headers:  # echoed only when sent
+            extra[CUSTOM_ATTRIBUTES] = request.headers[CUSTOM_ATTRIBUTES]
         if answer is None:
             exc = GatewayTimeout(f"model {name!r} did not answer within {self.settings.timeout_s} s")
             return Reply(exc.status, exc.body(), headers=extra)

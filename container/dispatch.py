@@ -52,7 +52,7 @@ class BatchSettings:
 
 @dataclass
 class Call:
-    headers: dict[str, str]  # the caller's, lower-cased
+    headers: dict[str, str]  # the caller's, as sent
     body: bytes
     deadline: float  # time.monotonic() by which the caller gives up
     future: Future = field(default_factory=Future)  # -> Answer
@@ -70,8 +70,8 @@ class ModelQueue:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.closed = False
         max_batch = settings.max_batch if batchable else 1
-        self.threads = [threading.Thread(target=self._send_loop, args=(BatchPolicy(max_batch, settings.max_wait_s),),
-                                         name=f"send-{mms_name}-{i}", daemon=True)
+        self.threads = [threading.Thread(target=self._send_loop, name=f"send-{mms_name}-{i}", daemon=True,
+                                         args=(BatchPolicy(max_batch, settings.max_wait_s),))
                         for i in range(settings.senders)]
         for thread in self.threads:
             thread.start()

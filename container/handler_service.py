@@ -132,17 +132,19 @@ class HandlerService:
         return 200, protocol.ENVELOPE_TYPE, self._pack(answers)
 
     def _run(self, requests: list[tuple[dict, bytes]], context) -> list[tuple[int, str, bytes]]:
-        """Decode each request with its own headers, predict all decoded ones together,
-        encode each: one answer per request, same order, each failure its own."""
+        """Decode each request with its own headers, predict the decoded ones together (one
+        by one for a script that owns predict), encode each: one answer per request, same
+        order, each failure its own. A user script's hooks see the caller's headers as
+        item 0 of MMS's context, as scripts written for sagemaker-inference expect."""
         answers: list = [None] * len(requests)
         decoded = {}
         mms_processors = context.request_processor
+        show = lambda idx: setattr(context, "request_processor",  # noqa: E731
+                                   [RequestProcessor(requests[idx][0].get("headers") or {})])
         try:
             for idx, (meta, body) in enumerate(requests):
-                headers = meta.get("headers") or {}
-                # A user script's hooks see the caller's headers as item 0 of the context,
-                # as with sagemaker-inference (scripts that own predict get batches of one).
-                context.request_processor = [RequestProcessor(headers)]
+                show(idx)
+                headers = {k.lower(): v for k, v in (meta.get("headers") or {}).items()}
                 try:
                     payload = self.service.decode(body, headers.get("content-type") or None,
                                                   headers.get("accept"))
@@ -152,12 +154,16 @@ class HandlerService:
                 except Exception as exc:  # noqa: BLE001 - one bad request fails only itself
                     answers[idx] = self._failed(exc)
             order = list(decoded)
-            try:
-                results = self.service.predict([decoded[i] for i in order]) if order else []
-            except Exception as exc:  # noqa: BLE001 - predict reports per-item errors; a bug guard
-                results = [exc] * len(order)
-            for idx, result in zip(order, results):
-                answers[idx] = self._encode(result, decoded[idx])
+            batches = [order] if getattr(self.service, "batchable", True) else [[i] for i in order]
+            for batch in batches:
+                if len(batch) == 1:
+                    show(batch[0])
+                try:
+                    results = self.service.predict([decoded[i] for i in batch]) if batch else []
+                except Exception as exc:  # noqa: BLE001 - predict reports per-item errors; a bug guard
+                    results = [exc] * len(batch)
+                for idx, result in zip(batch, results):
+                    answers[idx] = self._encode(result, decoded[idx])
         finally:
             context.request_processor = mms_processors
         return answers

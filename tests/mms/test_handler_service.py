@@ -25,9 +25,10 @@ def service(tmp_path, monkeypatch):
     return svc
 
 
-def send(svc, requests: list[tuple[dict, bytes]]) -> tuple[int, str, bytes]:
-    """One MMS request carrying ``requests`` as an envelope, as the front sends it."""
-    context = Context("echo-123", "/nowhere", None, 1, None, "1.1.11")
+def send(svc, requests: list[tuple[dict, bytes]], context=None) -> tuple[int, str, bytes]:
+    """One MMS request carrying ``requests`` as an envelope, as the front sends it (MMS
+    passes the context ``initialize`` got; tests that need that pass it)."""
+    context = context or Context("echo-123", "/nowhere", None, 1, None, "1.1.11")
     context.request_processor = [RequestProcessor({"content-type": "application/octet-stream"})]
     context.request_ids = {0: "req-0"}
     [answer] = svc.handle([{"body": bytearray(protocol.pack([({"headers": h}, b) for h, b in requests]))}],
@@ -48,6 +49,24 @@ def test_each_request_of_an_envelope_is_answered_on_its_own(service):
     assert json.loads(answers[0][1])["echo"] == 1 and json.loads(answers[2][1])["echo"] == 3
     error = json.loads(answers[1][1])
     assert error["code"] == 500 and "JSONDecodeError" in error["error"] and "Traceback" not in error["error"]
+
+
+def test_user_scripts_see_each_callers_own_headers(tmp_path, monkeypatch):
+    monkeypatch.setenv(protocol.ENV_STATE_DIR, str(tmp_path / "state"))
+    from container.handler_service import HandlerService
+
+    svc = HandlerService()
+    context = Context("ctx-1", str(make_model(tmp_path, "ctx", "context_headers_inference.py", weights=False)),
+                      None, 1, None, "1.1.11")
+    svc.initialize(context)
+    assert svc.loaded.wait(60)
+    _, _, answer = send(svc, [
+        ({"Content-Type": "text/plain", "X-Amzn-SageMaker-Custom-Attributes": "a=1"}, b"first"),
+        ({"Content-Type": "application/json", "X-Amzn-SageMaker-Custom-Attributes": "b=2"}, b"{}"),
+    ], context)
+    assert [json.loads(body) for _, body in protocol.unpack(answer)] == [
+        {"attributes": "a=1", "content_type": "text/plain", "body": "first"},
+        {"attributes": "b=2", "content_type": "application/json", "body": "{}"}]
 
 
 def test_answers_that_do_not_fit_one_envelope_are_sent_back_alone(service):

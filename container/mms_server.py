@@ -45,6 +45,10 @@ class MmsStack:
         self.stop_requested = threading.Event()
         self.registry: ModelRegistry | None = None
         self._not_ready: str | None = "the model server is starting"
+        self.batching = BatchSettings(  # HandlerConfig: ConfigError for a bad INFERENCE_MAX_BATCH_SIZE
+            senders=settings.workers, max_batch=HandlerConfig.from_env(os.environ).max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000, timeout_s=settings.timeout_s,
+            max_envelope_bytes=protocol.envelope_cap(settings.max_payload_bytes))
         # The public port first: a port clash fails now, and callers can connect at once.
         self.front = Front(settings.bind_host, settings.port, routes=Api(self).routes,
                            max_payload_bytes=settings.max_payload_bytes, read_timeout_s=settings.timeout_s)
@@ -59,7 +63,8 @@ class MmsStack:
         model_dir = None
         if not self.settings.multi_model:
             try:
-                model_dir = Path(os.path.realpath(resolve_model_dir(self.settings.model_dir)))  # extracts a .tar.gz
+                # A model.tar.gz is extracted here once, not in every worker.
+                model_dir = Path(os.path.realpath(resolve_model_dir(self.settings.model_dir)))
             except InferenceError as exc:
                 log.error("%s; /ping stays 503", exc.message)
                 self._not_ready = exc.message
@@ -72,15 +77,12 @@ class MmsStack:
             return 1
         if client is None:  # stopped during start-up
             return 0
-        batching = BatchSettings(
-            senders=self.settings.workers, max_batch=HandlerConfig.from_env(os.environ).max_batch_size,
-            max_wait_s=self.settings.max_batch_wait_ms / 1000, timeout_s=self.settings.timeout_s,
-            max_envelope_bytes=protocol.envelope_cap(self.settings.max_payload_bytes))
-        policy = memory.MemoryPolicy(self.settings.memory_reserve_mb * memory.MiB,
-                                     self.settings.memory_budget_mb and self.settings.memory_budget_mb * memory.MiB)
+        budget_mb = self.settings.memory_budget_mb
+        policy = memory.MemoryPolicy(self.settings.memory_reserve_mb * memory.MiB, budget_mb and budget_mb * memory.MiB)
         self.registry = ModelRegistry(client, state_dir=self.mms.state_dir, model_root=model_root,
                                       java_pgid=self.mms.java.pid, workers=self.settings.workers,
-                                      load_timeout_s=self.settings.load_timeout_s, policy=policy, batching=batching)
+                                      load_timeout_s=self.settings.load_timeout_s, policy=policy,
+                                      batching=self.batching)
         if self.settings.multi_model:
             self._not_ready = None
         elif model_dir is not None:
@@ -120,6 +122,9 @@ def run(settings: Settings) -> int:
         logs.configure(settings.log_level)
     try:
         stack = MmsStack(settings)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.bind_host, settings.port, exc)
         return 1
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, variable in FLAGS.items():
         parser.add_argument(flag, help=f"sets {variable}")
     args = parser.parse_args(argv)
+    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     env = dict(os.environ, SERVING_STACK="mms", SAGEMAKER_MULTI_MODEL="true" if args.multi_model else "false")
     env.update({variable: getattr(args, flag[2:].replace("-", "_")) for flag, variable in FLAGS.items()
                 if getattr(args, flag[2:].replace("-", "_")) is not None})

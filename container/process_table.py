@@ -70,17 +70,31 @@ def model_workers(pgid: int, mms_name: str) -> list[int]:
     return out
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie does not; ours are reaped on the way). An
+    exiting process counts as alive until it is gone, though its cmdline is already empty."""
+    info = read_process(pid)
+    if info is not None and info.state == "Z":
+        reap(pid)
+    return info is not None and info.state != "Z"
+
+
 def wait_workers_gone(pgid: int, mms_name: str, timeout_s: float) -> list[int]:
     """Wait (bounded) until MMS has stopped ``mms_name``'s processes; SIGKILL the ones it
-    left behind (a forked worker whose listener was stopped). Returns those killed."""
+    left behind (a forked worker whose listener was stopped), and wait for those too.
+    Returns the pids killed."""
     deadline = time.monotonic() + timeout_s
-    while (left := model_workers(pgid, mms_name)) and time.monotonic() < deadline:
+    pids = set(model_workers(pgid, mms_name))
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + 2
+    while any(alive(p) for p in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return left
 
 

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from tests.mms.harness import DEMO_MODEL, MmsServer, demo_model_ready
+from tests.mms.harness import DEMO_MODEL, MmsServer, demo_model_ready, wait_until
 from tests.procs import children
 
 pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is not built yet")
+NOTICED_S = 0.5  # how long MMS may take to notice a dead worker's closed socket
 
 
 def loop_clients(server, question: str, clients: int, until: float):
@@ -61,16 +62,17 @@ def test_a_killed_worker_fails_only_its_requests_in_flight(tmp_path, qa_pairs, w
         os.kill(forks[0], signal.SIGKILL)
         for thread in threads:
             thread.join(60)
-        failed = [e for e in events if e[2] != 200]
-        assert all(started < killed for started, _, _ in failed), failed  # only those in flight
-        assert len(failed) <= 4
-        after = [e for e in events if e[0] > killed]
+        failed = [(round(s - killed, 3), round(a - killed, 3), st) for s, a, st in events if st != 200]
+        # Only those in flight on the dead worker: sent before the kill, or in the moment
+        # before MMS notices the closed socket (a batch it hands the dead worker then fails).
+        assert all(started < NOTICED_S for started, _, _ in failed) and len(failed) <= 4, failed
+        after = [e for e in events if e[0] > killed + NOTICED_S]
         assert after and all(status == 200 for *_, status in after)  # later ones waited, then succeeded
         first_answer = min(answered for started, answered, status in events if status == 200 and started > killed)
         assert first_answer - killed < 5, first_answer - killed
         if workers == 1:
             assert failed, "the kill should have failed the requests in flight"
-        assert len(srv.model_workers("model")) == 1 + workers  # the killed worker was replaced
+        assert wait_until(lambda: len(srv.model_workers("model")) == 1 + workers, 10)  # replaced
         assert srv.stop() == 0
         assert srv.leftovers() == []
     finally:

@@ -176,14 +176,15 @@ class ModelRegistry:
             time.sleep(0.05)
 
     def _rollback(self, internal: str) -> None:
+        seen = process_table.model_workers(self.java_pgid, internal)
         try:
             self.client.unregister(internal, timeout=self.batching.timeout_s + 30)
         except MmsUnavailable:
             pass
-        self._forget(internal)
+        self._forget(internal, seen)
 
-    def _forget(self, internal: str) -> None:
-        for pid in process_table.wait_workers_gone(self.java_pgid, internal, WORKERS_GONE_S):
+    def _forget(self, internal: str, seen: list[int]) -> None:
+        for pid in process_table.wait_workers_gone(self.java_pgid, internal, WORKERS_GONE_S, seen):
             log.warning("killed worker %d that MMS left behind for %s", pid, internal)
         protocol.clear_reports(self.state_dir, internal)
 
@@ -194,6 +195,7 @@ class ModelRegistry:
             if record is None:
                 raise NotFound(f"model {name[:255]!r} is not loaded")
             record.queue.close(self.batching.timeout_s + 10)  # what was sent is answered first
+            seen = process_table.model_workers(self.java_pgid, record.mms_name)
             try:
                 resp = self.client.unregister(record.mms_name, timeout=self.batching.timeout_s + 30)
             except MmsUnavailable as exc:
@@ -202,6 +204,6 @@ class ModelRegistry:
             if resp is not None and resp.status not in (200, 404):
                 log.error("model %r: MMS answered the unload with %d (%s); stopping its processes",
                           name, resp.status, resp.message())
-            self._forget(record.mms_name)
+            self._forget(record.mms_name, seen)
         log.info("model %r unloaded (%.0f MiB PSS returned)", name, record.pss_bytes / memory.MiB)
         return record

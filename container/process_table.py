@@ -9,6 +9,7 @@ of a new process group (every worker inherits the group) and check /proc for the
 import os
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -79,12 +80,13 @@ def alive(pid: int) -> bool:
     return info is not None and info.state != "Z"
 
 
-def wait_workers_gone(pgid: int, mms_name: str, timeout_s: float) -> list[int]:
-    """Wait (bounded) until MMS has stopped ``mms_name``'s processes; SIGKILL the ones it
-    left behind (a forked worker whose listener was stopped), and wait for those too.
-    Returns the pids killed."""
+def wait_workers_gone(pgid: int, mms_name: str, timeout_s: float, seen: Iterable[int] = ()) -> list[int]:
+    """Wait (bounded) until MMS has stopped ``mms_name``'s processes (those running now and
+    ``seen``, listed before MMS was asked: one already exiting is no longer listed); SIGKILL
+    the ones it left behind (a forked worker whose listener was stopped), and wait for
+    those too. Returns the pids killed."""
     deadline = time.monotonic() + timeout_s
-    pids = set(model_workers(pgid, mms_name))
+    pids = set(seen) | set(model_workers(pgid, mms_name))
     while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in left:

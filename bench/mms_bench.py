@@ -1,14 +1,22 @@
-"""The MMS stack vs the flask stack vs Hugging Face's SageMaker inference toolkit (the stock
-HF image's server, also on multi-model-server), same model, same payloads, one run.
+"""The MMS stack vs Hugging Face's SageMaker inference toolkit (the stock HF image's server,
+also on multi-model-server) vs raw in-process generate, and the flask stack for reference:
+same models, same payloads, one run.
 
-    .venv/bin/python bench/mms_bench.py [--duration 10] [--skip-hf] [--json build/mms_bench.json]
+    .venv/bin/python bench/mms_bench.py [--duration 10] [--models demo,t5-small-shape]
+                                        [--stacks mms,flask,hf] [--skip-hf] [--skip-memory]
+                                        [--skip-kill] [--soak 0]
 
-Per stack: cold start (spawn -> first 200 /ping), req/s and p50/p99 latency at concurrency
-1 and 8 ({"inputs": question} from demo/data, every answer checked). Then multi-model:
-load time and resident memory (PSS of every process of the server) with 1, 2 and 4 demo
-copies loaded, and what unloading gives back. The HF toolkit is installed from PyPI into
-build/bench-hf-venv (it needs transformers 4.x; torch comes from the same local wheel).
-Only 127.0.0.1 is ever contacted; every loop is bounded in count and time.
+Per model (the demo model; random weights in t5-small's shape, made to generate exactly
+16 tokens): raw ``generate`` one prompt at a time and 8 at a time (all cores), then each
+stack over HTTP with closed-loop keep-alive clients at concurrency 1, 4 and 8 (every
+answer checked on the demo model): our MMS stack with one worker per core x 1 torch thread
+(its default) and with 1 worker x all cores, the flask stack, the HF toolkit with its
+defaults. Then multi-model memory (PSS of every process with 1, 2, 4 demo copies loaded,
+and after unloading), a worker killed under load (failed requests, time until answers
+resume), and with ``--soak S`` Java's resident memory during S seconds at concurrency 16.
+Prints ready-to-paste Markdown tables; writes build/mms_bench.json. The HF toolkit is
+installed from PyPI into build/bench-hf-venv on first use. Only 127.0.0.1 is contacted;
+every loop is bounded in count and time.
 """
 
 import argparse
@@ -28,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.serve_bench import bench_raw, build_t5_small  # noqa: E402
 from container import memory  # noqa: E402
 
 DEMO = REPO / "demo" / "model"
@@ -39,6 +48,8 @@ HF_REQUIREMENTS = ["torch==2.13.0", "transformers==4.57.6", "sentencepiece==0.2.
                    "retrying", "Pillow", "psutil"]
 HF_TOOLKIT = "sagemaker-huggingface-inference-toolkit==2.6.0"  # --no-deps: its audio extras are not needed
 MIB = 1024 * 1024
+LEVELS = (1, 4, 8)
+MAX_NEW = 16
 
 
 def free_port() -> int:
@@ -123,13 +134,14 @@ class Server:
                 pass
 
 
-def load_test(server: Server, questions: list[tuple[str, str]], concurrency: int, duration: float,
-              path: str = "/invocations", headers: dict | None = None) -> dict:
+def load_test(server: Server, requests: list[tuple[dict, str | None]], concurrency: int, duration: float,
+              max_requests: int = 20000) -> dict:
     """Closed loop: ``concurrency`` clients, each with a keep-alive connection, for
-    ``duration`` seconds (at most 20,000 requests)."""
+    ``duration`` seconds (at most ``max_requests``). ``requests``: (body, expected answer
+    or None to check only the shape)."""
     latencies, wrong, errors, lock = [], [], [], threading.Lock()
     deadline = time.monotonic() + duration
-    counter = iter(range(20000))
+    counter = iter(range(max_requests))
 
     def client():
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
@@ -137,14 +149,14 @@ def load_test(server: Server, questions: list[tuple[str, str]], concurrency: int
             try:
                 i = next(counter)
             except StopIteration:
-                return
-            question, answer = questions[i % len(questions)]
+                break
+            body, answer = requests[i % len(requests)]
             started = time.monotonic()
             try:
-                conn.request("POST", path, body=json.dumps({"inputs": question}),
-                             headers={"Content-Type": "application/json", **(headers or {})})
+                conn.request("POST", "/invocations", body=json.dumps(body),
+                             headers={"Content-Type": "application/json"})
                 resp = conn.getresponse()
-                body = resp.read()
+                data = resp.read()
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
@@ -154,11 +166,12 @@ def load_test(server: Server, questions: list[tuple[str, str]], concurrency: int
             elapsed = time.monotonic() - started
             with lock:
                 if resp.status != 200:
-                    errors.append(f"{resp.status} {body[:100]!r}")
+                    errors.append(f"{resp.status} {data[:100]!r}")
                     continue
                 latencies.append(elapsed)
-                if json.loads(body)[0]["generated_text"] != answer:
-                    wrong.append(question)
+                text = json.loads(data)[0]["generated_text"]
+                if answer is not None and text != answer:
+                    wrong.append(body)
         conn.close()
 
     started = time.monotonic()
@@ -170,7 +183,7 @@ def load_test(server: Server, questions: list[tuple[str, str]], concurrency: int
     wall = time.monotonic() - started
     latencies.sort()
     pct = lambda q: round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)  # noqa: E731
-    return {"concurrency": concurrency, "requests": len(latencies), "req_per_s": round(len(latencies) / wall, 1),
+    return {"concurrency": concurrency, "requests": len(latencies), "req_per_s": round(len(latencies) / wall, 2),
             "p50_ms": pct(0.50) if latencies else None, "p99_ms": pct(0.99) if latencies else None,
             "wrong_answers": len(wrong), "errors": len(errors), "first_error": errors[0] if errors else None}
 
@@ -188,36 +201,54 @@ def ensure_hf_venv() -> Path:
     return python
 
 
-def stacks(work: Path, hf_python: Path | None, multi_model: bool) -> list[Server]:
-    out = []
-    base = dict(os.environ, SERVE_BIND_HOST="127.0.0.1")
+def mms(name: str, args: list[str], env: dict | None = None) -> Server:
     port = free_port()
-    args = ["--multi-model", "--model-root", str(work / "models")] if multi_model else ["--model-dir", str(DEMO)]
-    out.append(Server("mms (ours)", [sys.executable, "-m", "container.mms_server", "--port", str(port),
-                                     "--bind-host", "127.0.0.1", *args], base, port, LOGS / "mms.log"))
-    if not multi_model:
-        port = free_port()
-        out.append(Server("mms (ours, 2 workers)", [sys.executable, "-m", "container.mms_server", "--port", str(port),
-                                                    "--bind-host", "127.0.0.1", "--workers", "2", *args],
-                          base, port, LOGS / "mms2.log"))
-        port = free_port()
-        out.append(Server("flask (ours)", [sys.executable, "-m", "serve", "--model-dir", str(DEMO)],
-                          dict(base, SAGEMAKER_BIND_TO_PORT=str(port)), port, LOGS / "flask.log"))
+    return Server(name, [sys.executable, "-m", "container.mms_server", "--port", str(port),
+                         "--bind-host", "127.0.0.1", *args], dict(os.environ, **(env or {})), port,
+                  LOGS / f"{name.split()[0]}-{port}.log")
+
+
+def hf(work: Path, hf_python: Path, model_dir: Path | None) -> Server:
+    """The HF toolkit with its defaults; ``model_dir`` None: multi-model."""
+    port = free_port()
+    base = Path(tempfile.mkdtemp(prefix="hf-", dir=work))
+    (base / "tmp").mkdir()
+    if model_dir is not None:
+        shutil.copytree(model_dir, base / "model")
+        for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json"):
+            # The same tokenizer in the files transformers 4.x reads (5.x writes extra_special_tokens
+            # as a list, which 4.57 cannot load): the t5-small shape uses the demo's tokenizer.
+            shutil.copy(DEMO / name, base / "model" / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "PYTHONPATH"))}
+    env.update(PATH=f"{hf_python.parent}:{os.environ.get('PATH', '')}",  # its multi-model-server CLI
+               SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_BASE_DIR=str(base), TMPDIR=str(base / "tmp"),
+               HF_TASK="text2text-generation", HF_HUB_OFFLINE="1")
+    if model_dir is None:
+        env["SAGEMAKER_MULTI_MODEL"] = "true"
+    return Server("hf toolkit (2 workers x 1 thread)", [str(hf_python), "-m",
+                  "sagemaker_huggingface_inference_toolkit.serving"], env, port, LOGS / f"hf-{port}.log",
+                  cwd=base)  # its MMS writes logs/ into cwd
+
+
+def single_model_stacks(model_dir: Path, work: Path, hf_python: Path | None) -> list[Server]:
+    args, cores = ["--model-dir", str(model_dir)], len(os.sched_getaffinity(0))
+    out = [mms(f"mms {cores} workers x 1 thread (default)", [*args, "--workers", str(cores), "--torch-threads", "1"]),
+           mms(f"mms 1 worker x {cores} threads", [*args, "--workers", "1", "--torch-threads", str(cores)])]
+    port = free_port()
+    out.append(Server("flask (reference)", [sys.executable, "-m", "serve", "--model-dir", str(model_dir)],
+                      dict(os.environ, SERVE_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(port)), port,
+                      LOGS / f"flask-{port}.log"))
     if hf_python:
-        port = free_port()
-        hf_base = work / "hf"
-        (hf_base / "tmp").mkdir(parents=True, exist_ok=True)
-        if not (hf_base / "model").exists():
-            shutil.copytree(DEMO, hf_base / "model")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "PYTHONPATH"))}
-        env.update(PATH=f"{hf_python.parent}:{os.environ.get('PATH', '')}",  # its multi-model-server CLI
-                   SAGEMAKER_BIND_TO_PORT=str(port), SAGEMAKER_BASE_DIR=str(hf_base), TMPDIR=str(hf_base / "tmp"),
-                   HF_TASK="text2text-generation", HF_HUB_OFFLINE="1")
-        if multi_model:
-            env["SAGEMAKER_MULTI_MODEL"] = "true"
-        out.append(Server("hf toolkit", [str(hf_python), "-m", "sagemaker_huggingface_inference_toolkit.serving"],
-                          env, port, LOGS / "hf.log", cwd=hf_base))  # its MMS writes logs/ into cwd
+        out.append(hf(work, hf_python, model_dir))
     return out
+
+
+def workload(model: str) -> list[tuple[dict, str | None]]:
+    qa = [json.loads(line) for line in QA.read_text().splitlines() if line.strip()]
+    if model == "demo":
+        return [({"inputs": row["question"]}, row["answer"]) for row in qa]
+    params = {"max_new_tokens": MAX_NEW, "min_new_tokens": MAX_NEW}  # random weights never stop early
+    return [({"inputs": row["question"], "parameters": params}, None) for row in qa]
 
 
 def multi_model_memory(server: Server, work: Path) -> dict:
@@ -235,60 +266,195 @@ def multi_model_memory(server: Server, work: Path) -> dict:
         if i + 1 in (1, 2, 4):
             time.sleep(1)
             result["pss_mib"][str(i + 1)] = round(pss_mib(server.proc.pid))
-    free_before = memory.available_bytes()
     for i in range(4):
         server.request("DELETE", f"/models/demo-{i}")
     time.sleep(2)
     result["pss_mib"]["after_unload"] = round(pss_mib(server.proc.pid))
-    result["freed_mib"] = round((memory.available_bytes() - free_before) / MIB)
     p = result["pss_mib"]
     result["per_extra_model_mib"] = round((p["4"] - p["1"]) / 3)
     return result
 
 
+def java_soak(seconds: float) -> list[dict]:
+    """Our MMS stack on the demo model at concurrency 16: Java's RSS every 15 s."""
+    server = mms("mms soak", ["--model-dir", str(DEMO)])
+    samples = []
+    try:
+        server.start()
+        java = next(p for p in tree(server.proc.pid) if "ModelServer" in Path(f"/proc/{p}/cmdline").read_text())
+        done = {}
+        run = lambda: done.update(load_test(server, workload("demo"), 16, seconds, 2_000_000))  # noqa: E731
+        thread = threading.Thread(target=run)
+        started = time.monotonic()
+        thread.start()
+        while thread.is_alive() and time.monotonic() - started < seconds + 60:
+            rss = memory.process_memory(java).rss / MIB
+            samples.append({"t_s": round(time.monotonic() - started), "java_rss_mib": round(rss)})
+            thread.join(15)
+        samples.append({"t_s": round(time.monotonic() - started), "java_rss_mib":
+                        round(memory.process_memory(java).rss / MIB), **done})
+    finally:
+        server.stop()
+    return samples
+
+
+def worker_kill(workers: int = 1) -> dict:
+    """4 clients loop on the demo model; 5 s in, the model's worker process gets SIGKILL:
+    how many requests failed (and whether they were in flight), and when answers resumed."""
+    server = mms("mms kill", ["--model-dir", str(DEMO), "--workers", str(workers)])
+    events, lock, stop = [], threading.Lock(), time.monotonic() + 600
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        for _ in range(10000):
+            if time.monotonic() >= stop:
+                return
+            started = time.monotonic()
+            try:
+                conn.request("POST", "/invocations", body=json.dumps({"inputs": "Where was Alnor Quarenard born?"}),
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn, status = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60), 0
+            with lock:
+                events.append((started, time.monotonic(), status))
+
+    try:
+        server.start()
+        stop = time.monotonic() + 15
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(5)
+        pids = {p: proc_stat(p) for p in tree(server.proc.pid)}
+        forks = [p for p, st in pids.items() if st and int(st[1]) in pids and
+                 "model_service_worker" in Path(f"/proc/{int(st[1])}/cmdline").read_text()]
+        killed = time.monotonic()
+        os.kill(forks[0], signal.SIGKILL)
+        for t in threads:
+            t.join(120)
+    finally:
+        server.stop()
+    failed = [e for e in events if e[2] != 200]
+    resumed = min((a for s, a, st in events if st == 200 and s > killed), default=None)
+    return {"workers": workers, "requests": len(events), "failed": len(failed),
+            "failed_in_flight_at_kill": sum(s < killed for s, _, _ in failed),
+            "first_answer_after_kill_s": round(resumed - killed, 2) if resumed else None}
+
+
+def print_tables(report: dict) -> None:
+    print("\n| model | system | " + " | ".join(f"c={c} req/s | c={c} p50 ms" for c in LEVELS) + " | c=8 p99 ms |")
+    print("| --- | --- |" + " --- | --- |" * len(LEVELS) + " --- |")
+    for model, rows in report["single_model"].items():
+        raw = rows.get("raw", {})
+        for label, key, level in (("raw generate, batch 1", "raw batch 1", 1),
+                                  ("raw generate, batch 8", "raw batched 8", 8)):
+            if key in raw:
+                rps, p50, p99 = raw[key]
+                cells = " | ".join(f"{rps:.2f} | {p50:.1f}" if c == level else "- | -" for c in LEVELS)
+                tail = f"{p99:.1f}" if level == 8 else "-"
+                print(f"| {model} | {label} (prompts/s; p50 per call) | {cells} | {tail} |")
+        for name, row in rows.items():
+            if name == "raw":
+                continue
+            cells = " | ".join(f"{row[f'c{c}']['req_per_s']} | {row[f'c{c}']['p50_ms']}" for c in LEVELS)
+            errors = sum(row[f"c{c}"]["errors"] + row[f"c{c}"]["wrong_answers"] for c in LEVELS)
+            print(f"| {model} | {name}{f' ({errors} errors/wrong)' if errors else ''} | {cells} | "
+                  f"{row['c8']['p99_ms']} |")
+    print()
+    for model, rows in report["single_model"].items():
+        ours = next((r for n, r in rows.items() if n.endswith("(default)")), None)
+        raw = rows.get("raw", {})
+        hf_row = next((r for n, r in rows.items() if n.startswith("hf")), None)
+        if not ours or not raw:
+            continue
+        line = (f"{model}: our MMS stack (default) at c=8 = {ours['c8']['req_per_s'] / raw['raw batched 8'][0]:.2f}x "
+                f"raw batched generate; c=1 p50 = {ours['c1']['p50_ms'] / raw['raw batch 1'][1]:.2f}x raw batch 1")
+        if hf_row and hf_row["c8"]["req_per_s"]:
+            line += f"; c=8 = {ours['c8']['req_per_s'] / hf_row['c8']['req_per_s']:.2f}x the HF toolkit"
+        print(line)
+    if report["multi_model"]:
+        print("\n| multi-model, PSS MiB | none | 1 model | 2 models | 4 models | per extra model | after unloading "
+              "| load s |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name, r in report["multi_model"].items():
+            p = r["pss_mib"]
+            print(f"| {name} | {p['0']} | {p['1']} | {p['2']} | {p['4']} | {r['per_extra_model_mib']} | "
+                  f"{p['after_unload']} | {min(r['load_s'])}-{max(r['load_s'])} |")
+    if report.get("kill"):
+        k = report["kill"]
+        print(f"\nSIGKILL of the worker ({k['workers']} worker, 4 clients looping): {k['failed']} of "
+              f"{k['requests']} requests failed ({k['failed_in_flight_at_kill']} of them in flight at the "
+              f"kill); first answer to a request sent after the kill {k['first_answer_after_kill_s']} s after it")
+    if report["soak"]:
+        print("\nJava RSS (MiB) at concurrency 16, every 15 s: "
+              + ", ".join(str(s["java_rss_mib"]) for s in report["soak"])
+              + f" ({report['soak'][-1].get('requests')} requests, {report['soak'][-1].get('errors')} errors)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    parser.add_argument("--models", default="demo,t5-small-shape", help="comma-separated subset")
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF toolkit")
+    parser.add_argument("--stacks", default="mms,flask,hf", help="which stacks (name prefixes) to run")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out the multi-model memory run")
+    parser.add_argument("--skip-kill", action="store_true", help="leave out the worker-kill run")
+    parser.add_argument("--soak", type=float, default=0, help="seconds of Java memory soak (0: none)")
     parser.add_argument("--json", type=Path, default=REPO / "build" / "mms_bench.json")
     args = parser.parse_args()
-    qa = [json.loads(line) for line in QA.read_text().splitlines() if line.strip()]
-    questions = [(row["question"], row["answer"]) for row in qa]
     hf_python = None if args.skip_hf else ensure_hf_venv()
     work = Path(tempfile.mkdtemp(prefix="mms-bench-"))
     LOGS.mkdir(parents=True, exist_ok=True)
-    for i in range(4):
-        shutil.copytree(DEMO, work / "models" / f"demo-{i}")
-    weights = memory.weights_bytes(DEMO) / MIB
     report = {"machine": {"cores": len(os.sched_getaffinity(0)), "mem_total_mib": memory.total_bytes() // MIB},
-              "weights_mib": round(weights, 2), "single_model": {}, "multi_model": {}}
+              "duration_s": args.duration, "single_model": {}, "multi_model": {}, "soak": []}
     try:
-        for server in stacks(work, hf_python, multi_model=False):
-            print(f"== {server.name}: single model", flush=True)
-            row = {}
-            try:
-                row["cold_start_s"] = round(server.start(), 2)
-                load_test(server, questions, 2, 2.0)  # warm-up
-                row["c1"] = load_test(server, questions, 1, args.duration)
-                row["c8"] = load_test(server, questions, 8, args.duration)
-                row["pss_mib"] = round(pss_mib(server.proc.pid))
-            finally:
-                server.stop()
-            report["single_model"][server.name] = row
-            print(json.dumps(row), flush=True)
-        for server in stacks(work, hf_python, multi_model=True):
-            print(f"== {server.name}: multi-model memory", flush=True)
-            try:
-                server.start()
-                report["multi_model"][server.name] = multi_model_memory(server, work)
-            finally:
-                server.stop()
-            print(json.dumps(report["multi_model"][server.name]), flush=True)
+        for model in args.models.split(","):
+            model_dir = DEMO if model == "demo" else build_t5_small(work / "t5-small-shape")
+            requests = workload(model)
+            rows = report["single_model"][model] = {}
+            print(f"== {model}: raw generate", flush=True)
+            rows["raw"] = bench_raw(model_dir, 200 if model == "demo" else 48, model != "demo")
+            for server in single_model_stacks(model_dir, work, hf_python):
+                if not server.name.startswith(tuple(args.stacks.split(","))):
+                    continue
+                print(f"== {model}: {server.name}", flush=True)
+                row = {}
+                try:
+                    row["cold_start_s"] = round(server.start(), 2)
+                    load_test(server, requests, 2, 2.0)  # warm-up
+                    for c in LEVELS:
+                        row[f"c{c}"] = load_test(server, requests, c, args.duration)
+                    row["pss_mib"] = round(pss_mib(server.proc.pid))
+                finally:
+                    server.stop()
+                rows[server.name] = row
+                print(json.dumps(row), flush=True)
+        if not args.skip_memory:
+            for i in range(4):
+                shutil.copytree(DEMO, work / "models" / f"demo-{i}")
+            servers = [mms("mms (ours)", ["--multi-model", "--model-root", str(work / "models")])]
+            servers += [hf(work, hf_python, None)] if hf_python else []
+            for server in servers:
+                print(f"== {server.name}: multi-model memory", flush=True)
+                try:
+                    server.start()
+                    report["multi_model"][server.name] = multi_model_memory(server, work)
+                finally:
+                    server.stop()
+        if not args.skip_kill:
+            print("== worker kill under load", flush=True)
+            report["kill"] = worker_kill()
+        if args.soak:
+            print(f"== Java memory, {args.soak:.0f} s at concurrency 16", flush=True)
+            report["soak"] = java_soak(args.soak)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    print_tables(report)
     return 0
 
 

@@ -2,16 +2,16 @@
 
 MMS imports this module in every worker and instantiates its one class (MMS refuses a
 handler module that defines more than one), then calls ``initialize(context)`` once and
-``handle(batch, context)`` per batch of requests.
-
-Unlike ``sagemaker_inference``'s ``Transformer`` (which reads every item's headers from
-item 0, sets only item 0's content type, and sends tracebacks to callers) each item of an
-MMS batch is decoded with its own headers, the whole batch runs as one batched
-``predict``, and each item gets its own status code, content type and JSON error body.
-Tracebacks go to the log only.
+``handle(batch, context)`` per request. Each MMS request is a batch envelope from the
+front (``container.protocol``): callers' requests, each with its own headers. They are
+decoded one by one, run as one batched ``predict`` (a user script that owns ``predict``
+runs them one by one), and answered in one envelope, each with its own status, content
+type and JSON error body. Tracebacks go to the log only. Nothing here imports torch: the
+engine ``handlers`` picks does.
 """
 
 import http
+import json
 import logging
 import os
 import struct
@@ -19,26 +19,32 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from container import load_status
-from container.mms_config import ENV_MAX_RESPONSE_BYTES, ENV_STATE_DIR, ORIGINAL_CONTENT_TYPE
+from mms.context import RequestProcessor
+
+from container import protocol
+from handlers.content_types import EVENT_STREAM, parse
+from handlers.errors import BadRequest, InferenceError, InternalError, NotAcceptable
 
 log = logging.getLogger(__name__)
 
 LOADING = (503, b'{"error": "the model is still loading; retry shortly", "code": 503}')
+JSON = "application/json"
 
 
-def _headers(context, idx: int) -> dict[str, str]:
-    """Item ``idx``'s request headers, lower-cased (MMS keeps the caller's spelling)."""
-    raw = context.get_all_request_header(idx) or {}
-    return {str(k).lower(): v for k, v in raw.items() if isinstance(v, str)}
-
-
-def _error_status(exc: BaseException) -> tuple[int, bytes]:
-    from handlers.errors import InferenceError, InternalError
-
+def _error(exc: BaseException) -> tuple[int, str, bytes]:
     if not isinstance(exc, InferenceError):
         exc = InternalError.from_exception("the model server", exc)
-    return exc.status, exc.body()
+    return exc.status, JSON, exc.body()
+
+
+def _refuse_streaming(payload, accept: str | None) -> None:
+    """The MMS stack answers whole: MMS 1.1.11 has no streamed responses."""
+    if parse(accept)[0] == EVENT_STREAM:
+        raise NotAcceptable("this endpoint (the multi-model-server stack) does not stream: ask for "
+                            "another Accept type to get the whole answer at once")
+    if getattr(payload, "stream", False):
+        raise BadRequest("this endpoint (the multi-model-server stack) does not stream: leave out "
+                         '"stream": true to get the whole answer at once')
 
 
 class HandlerService:
@@ -48,8 +54,8 @@ class HandlerService:
         self.service = None
         self.failure = None  # (status, body) every request gets when the load failed
         self.loaded = threading.Event()
-        self.max_response_bytes = int(os.environ.get(ENV_MAX_RESPONSE_BYTES, "0") or 0)
-        # Every torch call (load, warm-up, each batch) runs on this one thread: OpenMP keeps
+        self.max_payload_bytes = int(os.environ.get(protocol.ENV_MAX_PAYLOAD_BYTES) or 6 * 1024 * 1024)
+        # Every model call (load, warm-up, each batch) runs on this one thread: OpenMP keeps
         # a thread team per calling thread, and a second team (load on one thread, serve on
         # another) made each request ~10x slower on 2 cores (140 ms instead of 11 ms).
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -60,114 +66,139 @@ class HandlerService:
         MMS bounds a worker's load command by the per-request timeout (a model that takes
         longer than SAGEMAKER_MODEL_SERVER_TIMEOUT to load would never start), and calls a
         model registered even when ``initialize`` raised. So the load runs on the model
-        thread, writes its outcome to a status file the front waits for, and never raises.
+        thread, writes its outcome to a load report the front waits for, and never raises.
         """
         self.model_thread.submit(self._load, context)
 
     def _load(self, context) -> None:
         started = time.monotonic()
         model_dir = context.system_properties.get("model_dir")
-        kind = ""
         try:
             from handlers import HandlerConfig, load_service
 
-            config = HandlerConfig.from_env(os.environ)
-            service = load_service(model_dir, config, mms_style=True, context=context)
-            kind = type(service).__name__
+            service = load_service(model_dir, HandlerConfig.from_env(os.environ), mms_style=True,
+                                   context=context)
             service.warm_up()
             self.service = service
             log.info("model %s loaded from %s in %.1f s (%s)", context.model_name, model_dir,
-                     time.monotonic() - started, kind)
+                     time.monotonic() - started, type(service).__name__)
         except MemoryError:
             log.exception("model %s: out of memory while loading", context.model_name)
             self.failure = (507, b'{"error": "out of memory while loading the model", "code": 507}')
         except Exception as exc:  # noqa: BLE001 - any failure must be reported, not raised
             log.error("model %s failed to load from %s", context.model_name, model_dir, exc_info=True)
-            self.failure = _error_status(exc)
+            status, _, body = _error(exc)
+            self.failure = (status, body)
         try:
-            self._report(context, time.monotonic() - started, kind)
+            state_dir = os.environ.get(protocol.ENV_STATE_DIR)
+            if state_dir:
+                code, body = self.failure or (200, b'{"error": ""}')
+                protocol.write_report(state_dir, context.model_name, protocol.LoadReport(
+                    os.getpid(), self.failure is None, code, json.loads(body)["error"],
+                    time.monotonic() - started, type(self.service).__name__,
+                    getattr(self.service, "batchable", True)))
         finally:
             self.loaded.set()
 
-    def _report(self, context, seconds: float, kind: str) -> None:
-        state_dir = os.environ.get(ENV_STATE_DIR)
-        if not state_dir:
-            return
-        if self.failure is None:
-            status = load_status.LoadStatus(os.getpid(), True, 200, "", seconds, kind)
-        else:
-            import json
-
-            code, body = self.failure
-            status = load_status.LoadStatus(os.getpid(), False, code,
-                                            json.loads(body).get("error", ""), seconds, kind)
-        load_status.write(state_dir, context.model_name, status)
-
     def handle(self, data, context):
-        """One MMS batch in, one answer per item out (same order), each with its own status."""
+        """Each MMS item is an envelope; each gets one envelope back (or one error for all)."""
         if data is None:
             return None
+        answers = []
+        for idx, item in enumerate(data):
+            status, content_type, body = self._handle_envelope(item, context)
+            try:
+                phrase = http.HTTPStatus(status).phrase
+            except ValueError:
+                phrase = ""
+            context.set_response_status(status, phrase, idx)
+            context.set_response_content_type(idx, content_type)
+            answers.append(body)
+        return answers
+
+    def _handle_envelope(self, item, context) -> tuple[int, str, bytes]:
         failure = self.failure if self.loaded.is_set() else LOADING
         if failure is not None:
             # Answer at once: waiting here would count against MMS's response timeout,
             # and MMS kills and restarts a worker that overruns it.
-            return [self._answer(context, idx, failure[0], "application/json", failure[1])
-                    for idx in range(len(data))]
-        return self.model_thread.submit(self._handle_batch, data, context).result()
+            return failure[0], JSON, failure[1]
+        body = item.get("body") if isinstance(item, dict) else None
+        try:
+            requests = protocol.unpack(bytes(body or b""))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("not a batch envelope from the front: %s", exc)
+            return 400, JSON, b'{"error": "not a batch envelope from the front", "code": 400}'
+        answers = self.model_thread.submit(self._run, requests, context).result()
+        return 200, protocol.ENVELOPE_TYPE, self._pack(answers)
 
-    def _handle_batch(self, data, context) -> list:
-        answers: list = [None] * len(data)
+    def _run(self, requests: list[tuple[dict, bytes]], context) -> list[tuple[int, str, bytes]]:
+        """Decode each request with its own headers, predict the decoded ones together (one
+        by one for a script that owns predict), encode each: one answer per request, same
+        order, each failure its own. A user script's hooks see the caller's headers as
+        item 0 of MMS's context, as scripts written for sagemaker-inference expect."""
+        answers: list = [None] * len(requests)
         decoded = {}
-        for idx, item in enumerate(data):
-            headers = _headers(context, idx)
-            body = item.get("body") if isinstance(item, dict) else None
-            body = bytes(body) if isinstance(body, (bytes, bytearray)) else \
-                (body.encode() if isinstance(body, str) else b"")
-            content_type = headers.get(ORIGINAL_CONTENT_TYPE.lower()) or headers.get("content-type")
-            try:
-                decoded[idx] = self.service.decode(body, content_type or None, headers.get("accept"))
-            except Exception as exc:  # noqa: BLE001 - one bad item fails only itself
-                answers[idx] = self._error(context, idx, exc)
-        if decoded:
+        mms_processors = context.request_processor
+        show = lambda idx: setattr(context, "request_processor",  # noqa: E731
+                                   [RequestProcessor(requests[idx][0].get("headers") or {})])
+        try:
+            for idx, (meta, body) in enumerate(requests):
+                show(idx)
+                headers = {k.lower(): v for k, v in (meta.get("headers") or {}).items()}
+                try:
+                    payload = self.service.decode(body, headers.get("content-type") or None,
+                                                  headers.get("accept"))
+                    if getattr(self.service, "streamable", False):  # where the flask stack streams
+                        _refuse_streaming(payload, headers.get("accept"))
+                    decoded[idx] = payload
+                except Exception as exc:  # noqa: BLE001 - one bad request fails only itself
+                    answers[idx] = self._failed(exc)
             order = list(decoded)
-            try:
-                results = self.service.predict([decoded[i] for i in order])
-            except Exception as exc:  # noqa: BLE001
-                results = [exc] * len(order)
-            for idx, result in zip(order, results):
-                answers[idx] = self._encode(context, idx, result, decoded[idx])
+            batches = [order] if getattr(self.service, "batchable", True) else [[i] for i in order]
+            for batch in batches:
+                if len(batch) == 1:
+                    show(batch[0])
+                try:
+                    results = self.service.predict([decoded[i] for i in batch]) if batch else []
+                except Exception as exc:  # noqa: BLE001 - predict reports per-item errors; a bug guard
+                    results = [exc] * len(batch)
+                for idx, result in zip(batch, results):
+                    answers[idx] = self._encode(result, decoded[idx])
+        finally:
+            context.request_processor = mms_processors
         return answers
 
-    def _encode(self, context, idx: int, result, payload) -> bytes:
+    def _encode(self, result, payload) -> tuple[int, str, bytes]:
         if isinstance(result, BaseException):
-            return self._error(context, idx, result)
+            return self._failed(result)
         try:
             body, content_type = self.service.encode(result, payload)
         except Exception as exc:  # noqa: BLE001
-            return self._error(context, idx, exc)
-        if self.max_response_bytes and len(body) > self.max_response_bytes:
-            # MMS would drop the connection to this worker (and restart it) on a frame
-            # over max_response_size: answer the caller with an error instead.
-            return self._answer(context, idx, 500, "application/json",
-                                b'{"error": "the answer is %d bytes, over the %d-byte response cap", '
-                                b'"code": 500}' % (len(body), self.max_response_bytes))
-        return self._answer(context, idx, 200, content_type, body)
-
-    def _error(self, context, idx: int, exc: BaseException) -> bytes:
-        status, body = _error_status(exc)
-        if status >= 500:
-            log.error("request %s failed", context.get_request_id(idx), exc_info=exc)
-        return self._answer(context, idx, status, "application/json", body)
+            return self._failed(exc)
+        if len(body) > self.max_payload_bytes:
+            return 500, JSON, (b'{"error": "the answer is %d bytes, over the %d-byte response cap", '
+                               b'"code": 500}' % (len(body), self.max_payload_bytes))
+        return 200, content_type, body
 
     @staticmethod
-    def _answer(context, idx: int, status: int, content_type: str, body: bytes) -> bytes:
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-        context.set_response_status(status, phrase, idx)
-        context.set_response_content_type(idx, content_type)
-        return body
+    def _failed(exc: BaseException) -> tuple[int, str, bytes]:
+        status, content_type, body = _error(exc)
+        if status >= 500:
+            log.error("a request failed", exc_info=exc)
+        return status, content_type, body
+
+    def _pack(self, answers: list[tuple[int, str, bytes]]) -> bytes:
+        """One envelope, within MMS's response cap: an answer that would push it over is
+        left out (``"alone": true``) and the front sends that request again on its own."""
+        room = protocol.envelope_cap(self.max_payload_bytes) - 4096 * (len(answers) + 1)
+        items = []
+        for status, content_type, body in answers:
+            if len(body) > room:
+                items.append(({"alone": True}, b""))
+                continue
+            room -= len(body)
+            items.append(({"status": status, "content_type": content_type}, body))
+        return protocol.pack(items)
 
 
 def _send_no_response_headers() -> None:
@@ -175,8 +206,8 @@ def _send_no_response_headers() -> None:
     map with the bytes received *so far* as the size limit (``CodecUtils.readMap``), so a
     worker answer that arrives in two socket reads with the split inside that map is taken
     for a corrupt frame: MMS drops the worker and fails every request in flight with
-    "Worker died." (seen under concurrency, with batches). Status, reason phrase and
-    content type travel in fields of their own, so the map is sent empty."""
+    "Worker died.". Status, reason phrase and content type travel in fields of their own,
+    so the map is sent empty."""
     from mms.protocol import otf_message_handler
 
     otf_message_handler.encode_response_headers = lambda _headers: struct.pack("!i", 0)

@@ -1,4 +1,5 @@
-"""Memory as the kernel reports it: what is free, what a process uses, what a model will need.
+"""Memory as the kernel reports it: what is free, what a process uses, what a model will need,
+and the policy that answers 507 to a load that would not fit.
 
 "Free" is ``MemAvailable`` from /proc/meminfo, tightened by the cgroup limit when the
 container has one (inside Docker /proc/meminfo shows the host). A process's share is its
@@ -9,6 +10,8 @@ several workers needs; RSS is reported too.
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from handlers.errors import InsufficientStorage
 
 MiB = 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack",
@@ -115,3 +118,33 @@ def weights_bytes(model_dir: str | os.PathLike) -> int:
             if name.endswith(WEIGHT_SUFFIXES) or ".tar" in name:
                 weights += size
     return weights or total
+
+
+@dataclass
+class MemoryPolicy:
+    """507 when a load would leave less than ``reserve_bytes`` free, or (with a budget)
+    make the model workers together use more than ``budget_bytes``."""
+
+    reserve_bytes: int = 256 * MiB
+    budget_bytes: int | None = None
+    worker_fixed_bytes: int = DEFAULT_WORKER_FIXED_BYTES  # learned from each load
+
+    def estimate(self, model_dir: Path, workers: int) -> int:
+        return workers * (self.worker_fixed_bytes + int(WEIGHTS_FACTOR * weights_bytes(model_dir)))
+
+    def check(self, name: str, model_dir: Path, workers: int, used_bytes: int) -> None:
+        """Raise 507 when loading ``model_dir`` with ``workers`` workers would not fit."""
+        need, free = self.estimate(model_dir, workers), available_bytes()
+        if free - need < self.reserve_bytes:
+            raise InsufficientStorage(
+                f"not enough memory to load {name!r}: it needs about {need // MiB} MiB ({workers} "
+                f"worker(s)), {free // MiB} MiB are free and {self.reserve_bytes // MiB} MiB are kept in reserve")
+        if self.budget_bytes is not None and used_bytes + need > self.budget_bytes:
+            raise InsufficientStorage(
+                f"loading {name!r} (about {need // MiB} MiB) would exceed the model memory budget: "
+                f"{used_bytes // MiB} of {self.budget_bytes // MiB} MiB in use")
+
+    def learn(self, model_dir: Path, workers: int, pss_bytes: int) -> None:
+        """Refine what one worker costs beyond its weights from a model just loaded."""
+        per_worker = pss_bytes // workers - int(WEIGHTS_FACTOR * weights_bytes(model_dir))
+        self.worker_fixed_bytes = max(64 * MiB, per_worker)

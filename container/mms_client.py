@@ -16,13 +16,19 @@ class MmsResponse:
     def json(self) -> dict:
         try:
             value = json.loads(self.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
         return value if isinstance(value, dict) else {}
 
     def message(self) -> str:
         """MMS's own error text ({"code", "type", "message"}), or the raw body."""
         return str(self.json().get("message") or self.body[:500].decode(errors="replace"))
+
+    @property
+    def from_mms(self) -> bool:
+        """Whether MMS itself answered with an error (``{"code", "type": "...Exception",
+        "message"}``) rather than our handler service or the model."""
+        return self.status >= 400 and set(self.json()) == {"code", "type", "message"}
 
 
 class MmsUnavailable(Exception):
@@ -77,15 +83,16 @@ class MmsClient:
     def ping(self, timeout: float = 1.5) -> MmsResponse:
         return self.request("GET", "/ping", timeout=timeout)
 
-    def register(self, mms_name: str, url: str, *, workers: int, batch_size: int,
-                 max_batch_delay_ms: int, timeout: float) -> MmsResponse:
+    def register(self, mms_name: str, url: str, *, workers: int, timeout: float) -> MmsResponse:
+        """MMS's own batching stays off (batch_size 1): the front batches, and sends each
+        batch as one envelope (see container.protocol)."""
         query = urlencode({"model_name": mms_name, "url": url, "initial_workers": workers,
-                           "synchronous": "true", "batch_size": batch_size,
-                           "max_batch_delay": max_batch_delay_ms})
+                           "synchronous": "true", "batch_size": 1, "max_batch_delay": 0})
         return self.request("POST", f"/models?{query}", timeout=timeout)
 
     def unregister(self, mms_name: str, timeout: float) -> MmsResponse:
         return self.request("DELETE", f"/models/{quote(mms_name, safe='')}", timeout=timeout)
 
-    def describe(self, mms_name: str, timeout: float = 5.0) -> MmsResponse:
-        return self.request("GET", f"/models/{quote(mms_name, safe='')}", timeout=timeout)
+    def predict(self, mms_name: str, envelope: bytes, timeout: float) -> MmsResponse:
+        return self.request("POST", f"/predictions/{quote(mms_name, safe='')}", body=envelope,
+                            headers={"Content-Type": "application/octet-stream"}, timeout=timeout)

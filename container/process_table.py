@@ -1,14 +1,15 @@
 """The process table as /proc shows it: who is in a process group, and making them all go.
 
-MMS's Java front end starts one Python listener per worker, and each listener forks the
-process that really runs the model. On SIGTERM Java kills the listeners it started, not
-their forks, so "Java exited" does not mean "no workers left". We start Java as the leader
+MMS's Java front end starts one Python listener per model, and the listener forks one
+process per worker that really runs the model. On SIGTERM Java kills the listeners it
+started, not their forks, so "Java exited" does not mean "no workers left". We start Java as the leader
 of a new process group (every worker inherits the group) and check /proc for the group.
 """
 
 import os
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -45,19 +46,58 @@ def all_processes() -> list[ProcessInfo]:
     return out
 
 
-def group_members(pgid: int, *, include_zombies: bool = False) -> list[ProcessInfo]:
-    """Every process in group ``pgid``. Zombies hold no memory and run no code; they are
-    left out unless asked for (ours are reaped on the way)."""
+def group_members(pgid: int) -> list[ProcessInfo]:
+    """Every live process in group ``pgid`` (zombies, which hold no memory and run no
+    code, are reaped on the way and left out)."""
     members = []
     for info in all_processes():
         if info.pgid != pgid:
             continue
         if info.state == "Z":
             reap(info.pid)
-            if not include_zombies:
-                continue
+            continue
         members.append(info)
     return members
+
+
+def model_workers(pgid: int, mms_name: str) -> list[int]:
+    """Processes in MMS's group ``pgid`` serving ``mms_name``: its Python listener and the
+    worker processes forked from it to run the model."""
+    out = []
+    for info in group_members(pgid):
+        args = info.cmdline
+        if "--model-name" in args and args[args.index("--model-name") + 1:][:1] == (mms_name,):
+            out.append(info.pid)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie does not; ours are reaped on the way). An
+    exiting process counts as alive until it is gone, though its cmdline is already empty."""
+    info = read_process(pid)
+    if info is not None and info.state == "Z":
+        reap(pid)
+    return info is not None and info.state != "Z"
+
+
+def wait_workers_gone(pgid: int, mms_name: str, timeout_s: float, seen: Iterable[int] = ()) -> list[int]:
+    """Wait (bounded) until MMS has stopped ``mms_name``'s processes (those running now and
+    ``seen``, listed before MMS was asked: one already exiting is no longer listed); SIGKILL
+    the ones it left behind (a forked worker whose listener was stopped), and wait for
+    those too. Returns the pids killed."""
+    deadline = time.monotonic() + timeout_s
+    pids = set(seen) | set(model_workers(pgid, mms_name))
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 2
+    while any(alive(p) for p in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 def reap(pid: int) -> None:
@@ -95,4 +135,4 @@ def stop_group(pgid: int, grace_s: float) -> list[ProcessInfo]:
     if not wait_group_gone(pgid, grace_s):
         return []
     signal_group(pgid, signal.SIGKILL)
-    return wait_group_gone(pgid, 5.0)
+    return wait_group_gone(pgid, 2.0)

@@ -44,15 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                       "single models; use the CPU image for multi-model endpoints)")
             return 2
         from container.mms_server import run
-        mib = 1024 * 1024
-        return run(None if settings.multi_model else settings.model_dir, port=settings.port,
-                   safe_port_range=settings.safe_port_range, workers=settings.workers,
-                   timeout_s=settings.timeout_s, max_payload_bytes=settings.max_payload_bytes,
-                   multi_model=settings.multi_model, bind_host=settings.bind_host,
-                   torch_threads=settings.torch_threads, model_root=settings.model_root,
-                   memory_budget_bytes=settings.memory_budget_mb and settings.memory_budget_mb * mib,
-                   memory_reserve_bytes=settings.memory_reserve_mb * mib,
-                   load_timeout_s=settings.load_timeout_s)
+        return run(settings)
     from serve.supervisor import Supervisor
     try:
         return Supervisor(settings).run()

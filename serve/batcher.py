@@ -1,9 +1,9 @@
 """The one thread that owns the model: requests from many HTTP threads are batched into it.
 
-Whatever is queued when the model becomes free runs as one ``service.predict`` call (up to
-``max_batch`` prompts), so batches form under load with no added latency when idle. Under
-load, ``max_wait_s`` holds a batch open a little to let the callers of the last batch,
-who are sending their next requests, join it (see ``_collect``).
+Batches form by ``handlers.batching.BatchPolicy`` (shared with the MMS stack's front):
+whatever is queued when the model becomes free, up to ``max_batch`` prompts, plus a short
+wait under load for the callers of the last batch. Stream jobs ride along in the queue and
+run one by one after the batch.
 """
 
 import logging
@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers.batching import BatchPolicy
 from handlers.errors import InternalError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,7 @@ class Batcher:
         self.service, self.max_batch, self.max_wait_s = service, max_batch, max_wait_s
         self.on_fatal = on_fatal
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._last_requests = 0
-        self._last_duration = 0.0
+        self.policy = BatchPolicy(max_batch, max_wait_s)
         self.state = "starting"  # starting -> ready | failed: <reason>
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._main, name="model", daemon=True)
@@ -86,29 +86,8 @@ class Batcher:
             self._run_once()
 
     def _collect(self) -> tuple[list[Job], list[StreamJob]]:
-        """What is queued now; under load (the last batch held several requests) also what
-        arrives within ``max_wait_s``, until the callers of the last batch - who are sending
-        their next requests - have joined: batches then grow to the number of callers
-        instead of settling into halves that take turns."""
-        first = self.queue.get()
-        jobs, streams = ([first], []) if isinstance(first, Job) else ([], [first])
-        size = sum(j.size for j in jobs)
-        expected = self.queue.qsize() + 1 + self._last_requests if self._last_requests > 1 else 0
-        # Never wait longer than half a batch takes: waiting must cost less than it brings.
-        deadline = time.monotonic() + min(self.max_wait_s, self._last_duration / 2)
-        while size < self.max_batch:
-            remaining = deadline - time.monotonic() if len(jobs) < expected else 0
-            try:
-                job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(job, StreamJob):
-                streams.append(job)
-                continue
-            jobs.append(job)
-            size += job.size
-        self._last_requests = len(jobs)
-        return jobs, streams
+        items = self.policy.collect(self.queue, size=lambda item: item.size if isinstance(item, Job) else 0)
+        return [j for j in items if isinstance(j, Job)], [j for j in items if isinstance(j, StreamJob)]
 
     def _run_once(self) -> None:
         jobs, streams = self._collect()
@@ -121,7 +100,7 @@ class Batcher:
             except BaseException as exc:  # predict reports per-item errors; this is a bug guard
                 log.exception("predict failed for a batch of %d", len(jobs))
                 results = [InternalError.from_exception("predict", exc)] * len(jobs)
-            self._last_duration = time.monotonic() - started
+            self.policy.ran(time.monotonic() - started)
             for job, result in zip(jobs, results):
                 job.future.set_result(result)
         for job in streams:

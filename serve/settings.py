@@ -86,7 +86,7 @@ class Settings:
     model_dir: str = "/opt/ml/model"  # --model-dir, SM_MODEL_DIR; embedded demo when empty
     stack: str = "flask"  # "mms" when SAGEMAKER_MULTI_MODEL=true or SERVING_STACK=mms
     multi_model: bool = False  # SAGEMAKER_MULTI_MODEL
-    workers: int = 1  # SAGEMAKER_MODEL_SERVER_WORKERS, MODEL_SERVER_WORKERS
+    workers: int = 1  # SAGEMAKER_MODEL_SERVER_WORKERS, MODEL_SERVER_WORKERS (MMS: cores, per model)
     http_threads: int = 64  # SERVE_HTTP_THREADS: request threads per worker
     torch_threads: int = 1  # INFERENCE_TORCH_THREADS (default: cores / workers)
     timeout_s: int = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT, MODEL_SERVER_TIMEOUT (seconds)
@@ -101,18 +101,21 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], model_dir: str | None = None) -> "Settings":
-        workers = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"), 1)
-        timeout = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60)
+        multi_model = env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() in TRUE
+        stack = env.get("SERVING_STACK", "").strip().lower() or ("mms" if multi_model else "flask")
+        if stack not in ("flask", "mms"):
+            raise ConfigError(f"SERVING_STACK={stack!r} must be flask or mms")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        # flask: one worker's model thread batches everything. MMS: one worker per core per
+        # model, one torch thread each (measured faster and steadier: docs/BENCHMARKS.md).
+        workers = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
+                                 cores if stack == "mms" else 1)
+        timeout = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60)
         payload_mb = _env_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6)
         payload_bytes = int(payload_mb * 1024 * 1024)
         if payload_bytes <= 0:
             raise ConfigError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb} must be positive")
         max_wait = _env_float(env, "INFERENCE_MAX_BATCH_WAIT_MS", cls.max_batch_wait_ms)
-        multi_model = env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() in TRUE
-        stack = env.get("SERVING_STACK", "").strip().lower() or ("mms" if multi_model else "flask")
-        if stack not in ("flask", "mms"):
-            raise ConfigError(f"SERVING_STACK={stack!r} must be flask or mms")
         model_dir = model_dir or env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model"
         if not multi_model and _is_empty(Path(model_dir)):
             model_dir = env.get("SM_DEFAULT_MODEL_DIR", "").strip() or str(EMBEDDED_MODEL_DIR)

@@ -109,11 +109,12 @@ class MmsServer:
                 config = re.search(r" -f (\S+)/config\.properties", java)
                 self.private_dir = Path(config.group(1)) if config else None
 
-    def log(self) -> str:
-        return self.full_log()[-6000:]
+    def log(self, tail: int | None = 6000) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text[-tail:] if tail else text
 
     def full_log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log(None)
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)

@@ -41,7 +41,7 @@ def test_507_when_free_memory_would_drop_below_the_reserve(root, tmp_path):
 def test_507_over_the_budget_then_unload_returns_memory(root, tmp_path):
     # Enough for the first load's estimate (the default worker cost, ~400 MiB); a worker for
     # this scripted model imports no torch (~25 MiB PSS), so a dozen or so fit after it.
-    srv = start(root, tmp_path, "--memory-budget-mb", "450", "--memory-reserve-mb", "0")
+    srv = start(root, tmp_path, "--memory-budget-mb", "450", "--memory-reserve-mb", "0", "--workers", "1")
     try:
         r = srv.load("echo", root / "echo")
         assert r.status_code == 200, r.text

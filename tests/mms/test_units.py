@@ -1,16 +1,20 @@
-"""The MMS stack's pure parts: config rendering, validation, ports, memory readers."""
+"""The MMS stack's pure parts: config rendering, validation, ports, memory readers, the
+worker <-> front protocol."""
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from container import load_status, memory
-from container.http_errors import ApiError
-from container.mms_config import ConfigValueError, MmsConfig, escape_property
-from container.mms_server import MMS_MAX_PORT, pick_internal_port
+from container import memory, protocol
+from container.mms_config import ConfigValueError, MmsConfig, escape_property, java_memory_flags
+from container.mms_process import MMS_MAX_PORT, pick_internal_port
 from container.model_registry import mms_name, resolve_url, validate_name
+from handlers.errors import InferenceError
+from tests.procs import REPO
 
 MIB = 1024 * 1024
 
@@ -28,7 +32,9 @@ def parse(text: str) -> dict:
 def test_properties_derive_from_our_settings_only():
     props = parse(config().render())
     assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:20001"
-    assert props["max_request_size"] == props["max_response_size"] == "6291456"  # not MMS's 6553500
+    # Envelopes of a batch: any one request (6 MiB body + http.server's 100 x 64 KiB of
+    # headers) fits, and so do several smaller ones.
+    assert props["max_request_size"] == props["max_response_size"] == str(2 * 6 * MIB + 100 * 65536)
     assert props["default_workers_per_model"] == "2"
     assert props["decode_input_request"] == "false"
     assert props["enable_envvars_config"] == "false"
@@ -61,7 +67,7 @@ def test_good_model_names(name):
 @pytest.mark.parametrize("name", ["", "-lead", ".hidden", "../etc", "a/../b", "a b", "a\nb", "a;rm -rf /",
                                   "$(id)", "a=b", "x" * 256, 42, None, ["a"], "caf\u00e9"])
 def test_bad_model_names_are_400(name):
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InferenceError) as err:
         validate_name(name)
     assert err.value.status == 400
 
@@ -87,7 +93,7 @@ def test_urls_must_stay_inside_the_model_root(tmp_path):
                         ("link", 400), ("/etc", 400), ("http://example.com/m.tar.gz", 400),
                         ("s3://bucket/m.tar.gz", 400), ("file:///etc", 400), ("", 400), ("m1\n", 400),
                         (None, 400), ("file", 400), ("missing", 404), (str(root / "missing"), 404)]:
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(InferenceError) as err:
             resolve_url(url, root)
         assert err.value.status == status, url
 
@@ -120,9 +126,37 @@ def test_weights_bytes(tmp_path):
     assert memory.weights_bytes(tmp_path) == 2  # no weight files: every file counts
 
 
-def test_load_status_round_trip(tmp_path: Path):
-    status = load_status.LoadStatus(pid=12, ok=False, status=500, error="bad", load_seconds=1.5, kind="X")
-    load_status.write(tmp_path, "m-1", status)
-    assert load_status.read_all(tmp_path, "m-1") == [status]
-    load_status.clear(tmp_path, "m-1")
-    assert load_status.read_all(tmp_path, "m-1") == []
+def test_load_report_round_trip(tmp_path: Path):
+    report = protocol.LoadReport(pid=12, ok=False, status=500, error="bad", load_seconds=1.5, kind="X",
+                                 batchable=False)
+    protocol.write_report(tmp_path, "m-1", report)
+    assert protocol.read_reports(tmp_path, "m-1") == [report]
+    protocol.clear_reports(tmp_path, "m-1")
+    assert protocol.read_reports(tmp_path, "m-1") == []
+
+
+def test_envelope_round_trip_keeps_every_item_apart():
+    items = [({"headers": {"content-type": "text/plain"}}, b"a"), ({"status": 200}, b""),
+             ({"headers": {}}, bytes(range(256)) * 3)]
+    data = protocol.pack(items)
+    assert protocol.unpack(data) == [({**meta, "length": len(body)}, body) for meta, body in items]
+    for bad in (b"", b"SRVB1", data[:-1], data + b"x", b"{}" + data):
+        with pytest.raises(ValueError):
+            protocol.unpack(bad)
+
+
+def test_java_memory_is_bounded_from_the_payload_cap():
+    flags = java_memory_flags(6 * MIB)
+    for prefix in ("-Xmx", "-XX:MaxDirectMemorySize=", "-XX:MaxMetaspaceSize=", "-XX:ReservedCodeCacheSize="):
+        assert any(f.startswith(prefix) for f in flags), prefix
+    heap = lambda cap: int(next(f for f in java_memory_flags(cap) if f.startswith("-Xmx"))[4:-1])  # noqa: E731
+    assert heap(6 * MIB) < 512 and heap(60 * MIB) > heap(6 * MIB)
+
+
+def test_the_worker_side_imports_no_torch_itself():
+    """container.handler_service and what it imports leave the engine to handlers: with a
+    torch-free engine, an MMS worker never loads torch."""
+    code = "import sys, container.handler_service, container.mms_worker; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

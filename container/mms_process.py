@@ -1,0 +1,139 @@
+"""One MMS (Java) instance: its private directory, its port, its config, its process group.
+
+One instance = one private directory (``$TMPDIR/mms-XXXX``: config.properties, MMS's
+worker sockets and fifos, the workers' load reports), so two servers on one host never
+share a path. Java runs as the leader of its own process group: every worker inherits
+the group, and stopping checks /proc until none of it is left (MMS leaves forked workers
+behind on SIGTERM).
+"""
+
+import logging
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from container import process_table, protocol
+from container.mms_client import MmsClient, MmsUnavailable
+from container.mms_config import WORKER_PYTHON, MmsConfig, java_command
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MMS_MAX_PORT = 32766  # MMS's Connector refuses 32767 and up
+RANDOM_PORTS = (20000, MMS_MAX_PORT + 1)
+MAX_SOCKET_DIR = 80  # AF_UNIX paths stop at 107 bytes; MMS appends "/.mms.sock.9000" etc.
+STARTUP_TIMEOUT_S = 120
+
+
+def pick_internal_port(safe_port_range: tuple[int, int] | None, exclude: set[int]) -> int:
+    """A free 127.0.0.1 port for MMS: the first free one in SAGEMAKER_SAFE_PORT_RANGE when
+    set, else a random free one. MMS refuses ports above 32766 ("Invalid port number"), so
+    the kernel's ephemeral ports (32768+) are no use."""
+    if safe_port_range:
+        candidates = list(range(safe_port_range[0], min(safe_port_range[1], MMS_MAX_PORT) + 1))
+    else:
+        candidates = random.sample(range(*RANDOM_PORTS), 200)
+    for port in candidates:
+        if port in exclude:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port for MMS in {safe_port_range or RANDOM_PORTS} "
+                       f"(MMS cannot use ports above {MMS_MAX_PORT})")
+
+
+def make_private_dir() -> Path:
+    base = tempfile.gettempdir()
+    if len(base) > MAX_SOCKET_DIR - 25:
+        log.warning("TMPDIR %s is too long for MMS's unix sockets; using /tmp", base)
+        base = "/tmp"
+    private = Path(tempfile.mkdtemp(prefix="mms-", dir=base))
+    for sub in ("tmp", "state"):
+        (private / sub).mkdir()
+    return private
+
+
+class MmsProcess:
+    def __init__(self, settings):
+        self.settings = settings
+        self.private = make_private_dir()
+        self.state_dir = self.private / "state"
+        self.java: subprocess.Popen | None = None
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["TMPDIR"] = str(self.private / "tmp")
+        env[protocol.ENV_STATE_DIR] = str(self.state_dir)
+        env[protocol.ENV_MAX_PAYLOAD_BYTES] = str(self.settings.max_payload_bytes)
+        env[protocol.ENV_PYTHON] = sys.executable
+        # MMS's worker sets OMP_NUM_THREADS=1 unless it is set; workers x threads <= cores.
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.settings.torch_threads)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["MALLOC_ARENA_MAX"] = "2"  # Java's own malloc arenas: one per thread otherwise
+        return env
+
+    def start(self, model_store: Path, exclude_port: int, stop_requested: threading.Event) -> MmsClient | None:
+        """Start Java and wait until MMS answers; None when a stop was requested meanwhile.
+        Raises RuntimeError when MMS does not come up."""
+        for attempt in range(3):  # a port probed free can be taken before Java binds it
+            port = pick_internal_port(self.settings.safe_port_range, {exclude_port})
+            config = MmsConfig(port=port, model_store=str(model_store), workers=self.settings.workers,
+                               timeout_s=self.settings.timeout_s, max_payload_bytes=self.settings.max_payload_bytes)
+            config_file = self.private / "config.properties"
+            config_file.write_text(config.render())
+            cmd = java_command(config_file, self.private / "tmp", self.settings.max_payload_bytes,
+                               python=str(WORKER_PYTHON))
+            log.info("starting MMS on 127.0.0.1:%d (private dir %s)", port, self.private)
+            self.java = subprocess.Popen(cmd, env=self._env(), cwd=self.private,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            client = MmsClient(port)
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while time.monotonic() < deadline and not stop_requested.is_set() and self.java.poll() is None:
+                try:
+                    if client.ping(timeout=1.0).status == 200:
+                        return client
+                except MmsUnavailable:
+                    pass
+                time.sleep(0.1)
+            if stop_requested.is_set():
+                return None
+            if self.java.poll() is None:
+                break
+            log.warning("MMS exited with %s during start-up (attempt %d)", self.java.returncode, attempt + 1)
+        raise RuntimeError("MMS did not come up")
+
+    def exit_code(self) -> int | None:
+        return None if self.java is None else self.java.poll()
+
+    def stop(self, deadline: float) -> None:
+        """Java first (it stops its workers), then whatever is left of its group, all by
+        ``deadline`` (time.monotonic()); then the private directory goes."""
+        if self.java is not None:
+            pgid = self.java.pid
+            if self.java.poll() is None:
+                self.java.terminate()
+                try:
+                    self.java.wait(timeout=max(0.1, deadline - time.monotonic() - 4))
+                except subprocess.TimeoutExpired:
+                    log.warning("MMS did not stop in time after SIGTERM; killing it")
+            if process_table.group_members(pgid):
+                log.info("processes of MMS's group outlived Java; terminating them")
+            survivors = process_table.stop_group(pgid, grace_s=max(0.1, deadline - time.monotonic() - 2))
+            if self.java.poll() is None:
+                self.java.kill()
+                self.java.wait(timeout=2)
+            if survivors:
+                log.error("processes left in MMS's group %d: %s", pgid, [p.pid for p in survivors])
+        shutil.rmtree(self.private, ignore_errors=True)

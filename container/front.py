@@ -162,6 +162,8 @@ class FrontHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (bad request line, headers too long ...) as JSON."""
         self.close_connection = True
+        if self.request_version != "HTTP/1.0":  # unparsed (HTTP/0.9: no status line) or HTTP/2
+            self.request_version = "HTTP/1.1"
         self._send(Reply.error(status_error(code, message or HTTPStatus(code).phrase)))
 
     def _handle(self) -> None:

@@ -7,7 +7,8 @@ The stack owns readiness: the front answers 503 with ``not_ready()``'s reason un
 is up and (single-model) the default model has loaded. On SIGTERM/SIGINT the front stops
 accepting and drains, then MMS and every process of its group are stopped, all within
 ``STOP_WITHIN_S`` (SageMaker sends SIGKILL ~30 s after SIGTERM). Exit code 0 after
-SIGTERM/SIGINT; 1 when MMS died or never came up.
+SIGTERM/SIGINT; 1 when MMS died or never came up, or (single-model) the model failed to
+load: as on the flask stack, a broken model is a dead server, never one that looks alive.
 """
 
 import argparse
@@ -45,6 +46,7 @@ class MmsStack:
         self.stop_requested = threading.Event()
         self.registry: ModelRegistry | None = None
         self._not_ready: str | None = "the model server is starting"
+        self.model_failed = False
         self.batching = BatchSettings(  # HandlerConfig: ConfigError for a bad INFERENCE_MAX_BATCH_SIZE
             senders=settings.workers, max_batch=HandlerConfig.from_env(os.environ).max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000, timeout_s=settings.timeout_s,
@@ -66,10 +68,9 @@ class MmsStack:
                 # A model.tar.gz is extracted here once, not in every worker.
                 model_dir = Path(os.path.realpath(resolve_model_dir(self.settings.model_dir)))
             except InferenceError as exc:
-                log.error("%s; /ping stays 503", exc.message)
-                self._not_ready = exc.message
-        model_root = Path(self.settings.model_root) if self.settings.multi_model else \
-            (model_dir or Path(os.path.realpath(self.settings.model_dir))).parent
+                log.error("cannot serve %s: %s; stopping", self.settings.model_dir, exc.message)
+                return 1
+        model_root = model_dir.parent if model_dir else Path(self.settings.model_root)
         try:
             client = self.mms.start(model_root, self.front.port, self.stop_requested)
         except RuntimeError as exc:
@@ -85,7 +86,7 @@ class MmsStack:
                                       batching=self.batching)
         if self.settings.multi_model:
             self._not_ready = None
-        elif model_dir is not None:
+        else:
             self._not_ready = "the default model is loading"
             threading.Thread(target=self._load_default_model, args=(model_dir,), name="default-model",
                              daemon=True).start()
@@ -95,7 +96,7 @@ class MmsStack:
             if self.mms.exit_code() is not None:
                 log.error("MMS (Java) exited with %s; stopping", self.mms.exit_code())
                 return 1
-        return 0
+        return 1 if self.model_failed else 0
 
     def _load_default_model(self, model_dir: Path) -> None:
         try:
@@ -104,8 +105,10 @@ class MmsStack:
             log.info("default model ready: %s", self.settings.model_dir)
         except InferenceError as exc:
             self._not_ready = exc.message
-            log.error("default model %s failed to load (%d): %s; /ping stays 503",
+            log.error("default model %s failed to load (%d): %s; stopping",
                       self.settings.model_dir, exc.status, exc.message)
+            self.model_failed = True
+            self.stop_requested.set()
 
     def shutdown(self) -> None:
         """Drain the front, then stop MMS and its workers, within STOP_WITHIN_S."""

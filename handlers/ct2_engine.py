@@ -31,7 +31,7 @@ ON_LOGITS = "CTranslate2 applies it to the logits, transformers' beam search to 
 BEAM_SEARCH_REFUSALS = (
     ("do_sample", lambda v: v, "beam sampling is not available"),
     ("early_stopping", lambda v: v is not True, "CTranslate2 ends a beam search once num_beams hypotheses "
-     "are finished, which is transformers' early_stopping true"),
+     "are finished, which is transformers' early_stopping true: send \"early_stopping\": true"),
     ("length_penalty", lambda v: v == 0, "CTranslate2 then stops at the first finished beam"),
     ("min_new_tokens", lambda v: v != 0, ON_LOGITS),
     ("repetition_penalty", lambda v: v != 1, ON_LOGITS),
@@ -136,8 +136,9 @@ class CTranslate2Engine:
         for name, refused, why in BEAM_SEARCH_REFUSALS:
             value = self._value(params, name)
             if refused(value):
-                raise BadRequest(f"parameter {name!r} = {json.dumps(value)} is not supported in a beam search "
-                                 f"(num_beams > 1) {BACKEND}: {why}")
+                given = "" if getattr(params, name) is not None else " (the model's default)"
+                raise BadRequest(f"parameter {name!r} = {json.dumps(value)}{given} is not supported in a beam "
+                                 f"search (num_beams > 1) {BACKEND}: {why}")
 
     def _options(self, params: GenerationParams) -> tuple[dict, int]:
         """translate_batch options, and how many copies of each input to run (one per sample)."""

@@ -36,6 +36,9 @@ PARAMETER_NAMES = tuple(f.name for f in fields(GenerationParams))
 MAX_NUM_BEAMS = 16
 MAX_RETURN_SEQUENCES = 16
 MAX_STOP_SEQUENCES = 16
+# temperature and repetition_penalty divide the logits: below this they overflow to inf and
+# sampling fails on NaN probabilities (found by fuzzing).
+MIN_DIVISOR = 0.01
 
 
 def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -104,12 +107,12 @@ def parse_parameters(raw: Any, *, max_new_tokens_cap: int) -> GenerationParams:
     if "do_sample" in given:
         out["do_sample"] = _bool("do_sample", given["do_sample"])
     if "temperature" in given:
-        out["temperature"] = _float("temperature", given["temperature"], low=0.0, low_open=True, high=100.0)
+        out["temperature"] = _float("temperature", given["temperature"], low=MIN_DIVISOR, high=100.0)
     if "top_p" in given:
         out["top_p"] = _float("top_p", given["top_p"], low=0.0, low_open=True, high=1.0)
     if "repetition_penalty" in given:
         out["repetition_penalty"] = _float("repetition_penalty", given["repetition_penalty"],
-                                           low=0.0, low_open=True, high=100.0)
+                                           low=MIN_DIVISOR, high=100.0)
     if "length_penalty" in given:
         out["length_penalty"] = _float("length_penalty", given["length_penalty"], low=-100.0, high=100.0)
     if "early_stopping" in given:

@@ -52,8 +52,9 @@ INVALID = [
     ({"do_sample": "true"}, ["'do_sample'", "true or false"]),
     ({"do_sample": 1}, ["'do_sample'", "true or false"]),
     # temperature
-    ({"temperature": 0}, ["'temperature'", "> 0"]),
-    ({"temperature": -0.5}, ["'temperature'", "> 0"]),
+    ({"temperature": 0}, ["'temperature'", ">= 0.01"]),
+    ({"temperature": -0.5}, ["'temperature'", ">= 0.01"]),
+    ({"temperature": 1e-300}, ["'temperature'", ">= 0.01"]),  # fuzzing: inf logits, a 500 before
     ({"temperature": 101}, ["'temperature'", "<= 100"]),
     ({"temperature": "hot"}, ["'temperature'", "number", "str"]),
     ({"temperature": float("nan")}, ["'temperature'", "finite"]),
@@ -66,7 +67,8 @@ INVALID = [
     ({"top_k": -1}, ["'top_k'", ">= 0"]),
     ({"top_k": 2.5}, ["'top_k'", "integer"]),
     # repetition_penalty
-    ({"repetition_penalty": 0}, ["'repetition_penalty'", "> 0"]),
+    ({"repetition_penalty": 0}, ["'repetition_penalty'", ">= 0.01"]),
+    ({"repetition_penalty": 1e-300}, ["'repetition_penalty'", ">= 0.01"]),
     ({"repetition_penalty": 1000}, ["'repetition_penalty'", "<= 100"]),
     ({"repetition_penalty": "1.2"}, ["'repetition_penalty'", "number"]),
     # no_repeat_ngram_size

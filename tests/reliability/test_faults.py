@@ -99,11 +99,11 @@ def stack_of(tmp_path):
 
 @pytest.mark.parametrize("kind", STACKS)
 def test_sigkill_of_the_model_worker_fails_only_requests_in_flight(kind, stack_of):
-    """4 clients loop; the process holding the model is SIGKILLed. Only requests already
-    sent may fail (at most one per client); requests sent afterwards wait for the new
-    worker; answers resume within 5 s."""
+    """4 clients loop; a process holding the model (one of the MMS stack's workers) is
+    SIGKILLed. Only requests already sent may fail (at most one per client); requests sent
+    afterwards wait for the new worker; answers resume within 5 s."""
     server = stack_of(kind)
-    [victim] = server.model_pids()
+    victim = server.model_pids()[0]
     with Load(server, json.dumps({"inputs": QUESTION}).encode(), clients=4) as load:
         time.sleep(2)
         killed_at = time.monotonic()

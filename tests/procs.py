@@ -86,6 +86,8 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None,
             conn.endheaders(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # a server may answer (413) and close before reading the whole body
+        if conn.sock is None:  # closed while sending: nothing to read an answer from
+            raise ConnectionResetError("the server closed the connection before the request was sent")
         response = conn.getresponse()
         return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
     finally:

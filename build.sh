@@ -19,6 +19,9 @@ Build options:
   --torch-requirement REQ   pip requirement for torch (default: torch==2.13.0)
   --torch-index-url URL     index for torch (default: the Dockerfile's: PyTorch's cpu or
                             cu128 wheel index; '' means PyPI)
+  --demo-ct2 QUANTIZATION   the demo model converted for INFERENCE_BACKEND=ctranslate2,
+                            baked in beside it: int8 (default), int8_float32, float32,
+                            bfloat16, int8_bfloat16, or none (no converted copy)
   --wheelhouse DIR          offline build: pip --no-index --find-links DIR (DIR must hold
                             wheels for every requirement, torch included)
   --ca-cert FILE            extra CA certificates (PEM) trusted by pip during the build;
@@ -72,6 +75,7 @@ BASE_IMAGE=""
 TORCH_REQUIREMENT=""
 TORCH_INDEX_URL=""
 TORCH_INDEX_URL_SET=0
+DEMO_CT2=""
 WHEELHOUSE=""
 CA_CERT=""
 EXTRA_BUILD_ARGS=()
@@ -97,6 +101,7 @@ while [[ $# -gt 0 ]]; do
         --base-image) need_value "$@"; BASE_IMAGE="$2"; shift ;;
         --torch-requirement) need_value "$@"; TORCH_REQUIREMENT="$2"; shift ;;
         --torch-index-url) need_value "$@"; TORCH_INDEX_URL="$2"; TORCH_INDEX_URL_SET=1; shift ;;
+        --demo-ct2) need_value "$@"; DEMO_CT2="$2"; shift ;;
         --wheelhouse) need_value "$@"; WHEELHOUSE="$2"; shift ;;
         --ca-cert) need_value "$@"; CA_CERT="$2"; shift ;;
         --build-arg) need_value "$@"; EXTRA_BUILD_ARGS+=(--build-arg "$2"); shift ;;
@@ -115,6 +120,8 @@ done
 [[ "$REPO" =~ ^[a-z0-9][a-z0-9._/-]+$ ]] \
     || die "--repo '$REPO': use 2+ lowercase letters, digits, '.', '_', '-', '/'"
 [[ -z "$WHEELHOUSE" || -d "$WHEELHOUSE" ]] || die "--wheelhouse $WHEELHOUSE: not a directory"
+[[ -z "$DEMO_CT2" || "$DEMO_CT2" =~ ^(int8|int8_float32|float32|bfloat16|int8_bfloat16|none)$ ]] \
+    || die "--demo-ct2 '$DEMO_CT2': use int8, int8_float32, float32, bfloat16, int8_bfloat16 or none"
 [[ -z "$CA_CERT" || -f "$CA_CERT" ]] || die "--ca-cert $CA_CERT: no such file"
 
 # --- docker --------------------------------------------------------------------------
@@ -196,6 +203,7 @@ for flavor in "${FLAVORS[@]}"; do
     [[ -z "$BASE_IMAGE" ]] || args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
     [[ -z "$TORCH_REQUIREMENT" ]] || args+=(--build-arg "TORCH_REQUIREMENT=$TORCH_REQUIREMENT")
     [[ $TORCH_INDEX_URL_SET -eq 0 ]] || args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+    [[ -z "$DEMO_CT2" ]] || args+=(--build-arg "DEMO_CT2_QUANTIZATION=$DEMO_CT2")
     args+=(--label "org.opencontainers.image.version=$VERSION"
            --label "org.opencontainers.image.revision=$GIT_SHA")
 

@@ -11,15 +11,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from handlers.convert import shipped_model
 from handlers.errors import InsufficientStorage
 
 MiB = 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack",
                    ".gguf", ".model")
-# What one MMS worker costs before its weights (Python, torch, transformers, and the MMS
-# listener it was forked from): ~305 MiB PSS measured for the demo model (docs/BENCHMARKS.md),
-# rounded up. Used until the first model loaded here gives a real figure.
-DEFAULT_WORKER_FIXED_BYTES = 400 * MiB
+# What one MMS worker costs before its weights (Python, its engine's libraries, and its share
+# of the MMS listener it was forked from), per INFERENCE_BACKEND, rounded up from the demo
+# model (docs/BENCHMARKS.md): ~305 MiB PSS with torch + transformers, ~40 MiB with CTranslate2.
+# Used until the first model loaded here gives a real figure.
+FIRST_WORKER_ESTIMATE = {"transformers": 400 * MiB, "ctranslate2": 64 * MiB}
+MIN_WORKER_BYTES = 32 * MiB  # a learned figure never goes below a bare Python process
 # A model's resident weights relative to their size on disk (fp32 safetensors: ~1.0).
 WEIGHTS_FACTOR = 1.3
 
@@ -127,10 +130,20 @@ class MemoryPolicy:
 
     reserve_bytes: int = 256 * MiB
     budget_bytes: int | None = None
-    worker_fixed_bytes: int = DEFAULT_WORKER_FIXED_BYTES  # learned from each load
+    backend: str = "transformers"  # INFERENCE_BACKEND
+    worker_fixed_bytes: int = 0  # FIRST_WORKER_ESTIMATE[backend] until learned from a load
+
+    def __post_init__(self):
+        self.worker_fixed_bytes = self.worker_fixed_bytes or FIRST_WORKER_ESTIMATE[self.backend]
+
+    def weights(self, model_dir: Path) -> int:
+        """What one worker holds of the model: with CTranslate2, the converted model when the dir
+        ships one (else the checkpoint, which a conversion never makes bigger)."""
+        shipped = shipped_model(model_dir) if self.backend == "ctranslate2" else None
+        return int(WEIGHTS_FACTOR * weights_bytes(shipped or model_dir))
 
     def estimate(self, model_dir: Path, workers: int) -> int:
-        return workers * (self.worker_fixed_bytes + int(WEIGHTS_FACTOR * weights_bytes(model_dir)))
+        return workers * (self.worker_fixed_bytes + self.weights(model_dir))
 
     def check(self, name: str, model_dir: Path, workers: int, used_bytes: int) -> None:
         """Raise 507 when loading ``model_dir`` with ``workers`` workers would not fit."""
@@ -146,5 +159,4 @@ class MemoryPolicy:
 
     def learn(self, model_dir: Path, workers: int, pss_bytes: int) -> None:
         """Refine what one worker costs beyond its weights from a model just loaded."""
-        per_worker = pss_bytes // workers - int(WEIGHTS_FACTOR * weights_bytes(model_dir))
-        self.worker_fixed_bytes = max(64 * MiB, per_worker)
+        self.worker_fixed_bytes = max(MIN_WORKER_BYTES, pss_bytes // workers - self.weights(model_dir))

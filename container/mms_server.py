@@ -47,8 +47,9 @@ class MmsStack:
         self.registry: ModelRegistry | None = None
         self._not_ready: str | None = "the model server is starting"
         self.model_failed = False
-        self.batching = BatchSettings(  # HandlerConfig: ConfigError for a bad INFERENCE_MAX_BATCH_SIZE
-            senders=settings.workers, max_batch=HandlerConfig.from_env(os.environ).max_batch_size,
+        self.handler_config = HandlerConfig.from_env(os.environ)  # ConfigError for a bad value
+        self.batching = BatchSettings(
+            senders=settings.workers, max_batch=self.handler_config.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000, timeout_s=settings.timeout_s,
             max_envelope_bytes=protocol.envelope_cap(settings.max_payload_bytes))
         # The public port first: a port clash fails now, and callers can connect at once.
@@ -79,7 +80,8 @@ class MmsStack:
         if client is None:  # stopped during start-up
             return 0
         budget_mb = self.settings.memory_budget_mb
-        policy = memory.MemoryPolicy(self.settings.memory_reserve_mb * memory.MiB, budget_mb and budget_mb * memory.MiB)
+        policy = memory.MemoryPolicy(self.settings.memory_reserve_mb * memory.MiB,
+                                     budget_mb and budget_mb * memory.MiB, backend=self.handler_config.backend)
         self.registry = ModelRegistry(client, state_dir=self.mms.state_dir, model_root=model_root,
                                       java_pgid=self.mms.java.pid, workers=self.settings.workers,
                                       load_timeout_s=self.settings.load_timeout_s, policy=policy,

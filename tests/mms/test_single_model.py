@@ -2,11 +2,14 @@
 /invocations, through ``serve`` (the image's entrypoint) as well as directly."""
 
 import json
+import os
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from tests.mms.harness import DEMO_MODEL, MmsServer, demo_model_ready
+from tests.procs import children
 
 pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is not built yet")
 
@@ -77,3 +80,13 @@ def test_serve_entrypoint_starts_the_mms_stack(env, tmp_path, qa_pairs):
         assert srv.leftovers() == []
     finally:
         srv.kill_leftovers()
+
+
+def test_the_listener_imported_torch_before_forking_the_workers(server, qa_pairs):
+    """MMS's listener imports the transformers engine (torch) and then forks: the workers share
+    those pages and a restarted worker skips seconds of imports. It runs nothing: one thread."""
+    assert server.post("/invocations", {"inputs": qa_pairs[0]["question"]}).status_code == 200
+    pids = server.model_workers("model")
+    [listener] = [p for p in pids if any(c in pids for c in children(p))]
+    assert "libtorch" in Path(f"/proc/{listener}/maps").read_text()
+    assert len(os.listdir(f"/proc/{listener}/task")) == 1

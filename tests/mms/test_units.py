@@ -160,3 +160,24 @@ def test_the_worker_side_imports_no_torch_itself():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_first_estimate_of_a_worker_follows_the_backend(tmp_path):
+    """Before any load has taught it, the policy guesses a torch worker (~400 MiB) or a
+    CTranslate2 one (~64 MiB); with CTranslate2 a shipped converted model is what a worker holds."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x" * MIB)
+    (tmp_path / "ctranslate2").mkdir()
+    (tmp_path / "ctranslate2" / "model.bin").write_bytes(b"x" * (MIB // 4))
+    torch_policy = memory.MemoryPolicy(0, 300 * MIB)
+    ct2_policy = memory.MemoryPolicy(0, 300 * MIB, backend="ctranslate2")
+    assert torch_policy.estimate(tmp_path, 2) > 2 * 400 * MIB
+    assert ct2_policy.estimate(tmp_path, 2) == 2 * (64 * MIB + int(memory.WEIGHTS_FACTOR * MIB // 4))
+    with pytest.raises(InferenceError) as refused:
+        torch_policy.check("m", tmp_path, 2, used_bytes=0)
+    assert refused.value.status == 507 and "budget" in refused.value.message
+    ct2_policy.check("m", tmp_path, 2, used_bytes=0)  # fits
+    ct2_policy.learn(tmp_path, 2, pss_bytes=2 * 45 * MIB)  # what a load measured
+    assert ct2_policy.worker_fixed_bytes == 45 * MIB - int(memory.WEIGHTS_FACTOR * MIB // 4)
+    ct2_policy.learn(tmp_path, 2, pss_bytes=MIB)  # a nonsense measurement keeps a floor
+    assert ct2_policy.worker_fixed_bytes == memory.MIN_WORKER_BYTES

@@ -9,6 +9,7 @@ CTranslate2's own threads (and CUDA) in the process that will use them.
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,14 +85,18 @@ class CTranslate2Engine:
         self.path = convert.shipped_model(self.model_dir) or convert.cached_conversion(
             self.model_dir, compute_type, convert.cache_dir(self.config.ct2_cache_dir))
         self._read_model_files()
+        # On CPU a batch is split over `threads` one-thread replicas sharing the weights: one
+        # thread per sub-batch ran 2.8x the throughput of two threads per matrix product, and one
+        # prompt alone ran faster on one thread (docs/BENCHMARKS.md, "Engines").
+        threads = self.config.threads or len(os.sched_getaffinity(0))
+        self.replicas = threads if kind == "cpu" else 1
         try:
             self.translator = ctranslate2.Translator(str(self.path), device=kind, device_index=index,
-                                                     compute_type=compute_type,
-                                                     intra_threads=self.config.threads or 0)
+                                                     compute_type=compute_type, inter_threads=self.replicas,
+                                                     intra_threads=1 if kind == "cpu" else threads)
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"CTranslate2 cannot load {self.path}: {exc}") from exc
-        log.info("loaded %s with CTranslate2 (%s on %s, %s threads)", self.path, compute_type, kind,
-                 self.config.threads or "default")
+        log.info("loaded %s with CTranslate2 (%s on %s, %s threads)", self.path, compute_type, kind, threads)
 
     def _read_model_files(self) -> None:
         """Tokenizer, input limit, generation defaults and vocabulary, from the converted dir or
@@ -165,6 +170,7 @@ class CTranslate2Engine:
         """``num_return_sequences`` generated id lists per input (input-major), without ``</s>``."""
         options, copies = self._options(params)
         source = [[self.vocabulary[i] for i in row] for row in inputs for _ in range(copies)]
+        options["max_batch_size"] = -(-len(source) // self.replicas)  # one sub-batch per replica
         results = self.translator.translate_batch(source, **options)
         return [self._ids(tokens) for result in results for tokens in result.hypotheses]
 

@@ -86,7 +86,7 @@ class CTranslate2Engine:
             self.model_dir, compute_type, convert.cache_dir(self.config.ct2_cache_dir))
         self._read_model_files()
         # On CPU a batch is split over `threads` one-thread replicas sharing the weights: one
-        # thread per sub-batch ran 2.8x the throughput of two threads per matrix product, and one
+        # thread per sub-batch ran 2.4x the throughput of two threads per matrix product, and one
         # prompt alone ran faster on one thread (docs/BENCHMARKS.md, "Engines").
         threads = self.config.threads or len(os.sched_getaffinity(0))
         self.replicas = threads if kind == "cpu" else 1

@@ -190,6 +190,18 @@ class MmsServer:
             shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def running(srv: "MmsServer"):
+    """``srv`` started and ready; on the way out it must stop cleanly (exit 0) and leave no
+    process behind, and whatever happened nothing of it outlives the block."""
+    try:
+        yield srv.start().wait_ready()
+        assert srv.stop() == 0
+        assert srv.leftovers() == []
+    finally:
+        srv.kill_leftovers()
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

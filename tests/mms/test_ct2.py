@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mms.harness import MIB, MmsServer, demo_model_ready, make_model, wait_until
+from tests.mms.harness import MIB, MmsServer, demo_model_ready, make_model, running, wait_until
 from tests.procs import REPO, alive, children
 
 pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is not built yet")
@@ -76,17 +76,12 @@ def test_single_model_converts_once_for_two_workers_starting_together(tmp_path, 
     srv = MmsServer("--model-dir", str(model), via_serve=True, log_path=tmp_path / "mms.log",
                     env={**CT2, "SERVING_STACK": "mms", "CT2_CACHE_DIR": str(cache),
                          "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
-    try:
-        srv.start().wait_ready()
+    with running(srv):
         pairs = qa_pairs[:8]
         assert [ask(srv, "/invocations", p["question"]) for p in pairs] == [p["answer"] for p in pairs]
         assert_only_imports_before_the_fork(srv, "model", workers=2)
         assert srv.full_log().count(CONVERTING) == 1, srv.log()
         assert [p.name.endswith("-int8") for p in cache.iterdir() if p.is_dir()] == [True]
-        assert srv.stop() == 0
-        assert srv.leftovers() == []
-    finally:
-        srv.kill_leftovers()
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +101,8 @@ def mme(root, tmp_path_factory):
     srv = MmsServer("--multi-model", "--model-root", str(root), "--workers", "2", "--memory-budget-mb", "400",
                     "--memory-reserve-mb", "0", log_path=tmp_path_factory.mktemp("log") / "mms.log",
                     env={**CT2, "CT2_CACHE_DIR": str(root.parent / "cache")})
-    try:
-        srv.start().wait_ready()
+    with running(srv):
         yield srv
-        assert srv.stop() == 0
-        assert srv.leftovers() == []
-    finally:
-        srv.kill_leftovers()
 
 
 def test_multi_model_loads_convert_once_per_checkpoint_and_serve(mme, root, qa_pairs):

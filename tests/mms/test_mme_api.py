@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mms.harness import MIB, MmsServer, demo_model_ready, make_model
+from tests.mms.harness import MIB, MmsServer, demo_model_ready, make_model, running
 from tests.procs import alive
 
 pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is not built yet")
@@ -31,16 +31,11 @@ def root(tmp_path_factory) -> Path:
 def server(root, tmp_path_factory):
     srv = MmsServer("--multi-model", "--model-root", str(root),
                     log_path=tmp_path_factory.mktemp("log") / "mms.log")
-    try:
-        srv.start().wait_ready()
+    with running(srv):
         for name in ("demo-a", "demo-b"):
             r = srv.load(name, root / name)
             assert r.status_code == 200, r.text + srv.log()
         yield srv
-        assert srv.stop() == 0
-        assert srv.leftovers() == []
-    finally:
-        srv.kill_leftovers()
 
 
 def ask(server, model, question, **kwargs):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mms.harness import DEMO_MODEL, MmsServer, demo_model_ready
+from tests.mms.harness import DEMO_MODEL, MmsServer, demo_model_ready, running
 from tests.procs import children
 
 pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is not built yet")
@@ -17,13 +17,8 @@ pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is no
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = MmsServer("--model-dir", str(DEMO_MODEL), log_path=tmp_path_factory.mktemp("log") / "mms.log")
-    try:
-        srv.start().wait_ready()
+    with running(srv):
         yield srv
-        assert srv.stop() == 0
-        assert srv.leftovers() == []
-    finally:
-        srv.kill_leftovers()
 
 
 def test_invocations_answer_with_the_default_model(server, qa_pairs):

@@ -85,7 +85,7 @@ def shipped_copy(model_dir: Path, target: Path, quantizations: set[str]) -> Path
     """The model as users ship it for the ctranslate2 backend: HF files + ctranslate2/."""
     shutil.copytree(model_dir, target)
     quantization = "int8" if "int8" in quantizations else sorted(quantizations)[0]
-    subprocess.run([sys.executable, "-m", "handlers.convert", str(target), str(target / "ctranslate2"),
+    subprocess.run([sys.executable, "-m", "tools.convert", str(target), str(target / "ctranslate2"),
                     "--quantization", quantization], cwd=REPO, check=True, capture_output=True, timeout=1800)
     return target
 

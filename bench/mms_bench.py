@@ -13,7 +13,7 @@ then each stack over HTTP with closed-loop keep-alive clients at concurrency 1, 
 /ping) and PSS: our MMS stack on transformers with one worker per core x 1 torch thread (its
 default) and with 1 worker x all cores, our MMS stack on CTranslate2 int8 (its default
 workers, the model shipped converted: ``ctranslate2/`` beside the HF files, made here with
-``python -m handlers.convert``), the flask stack, the HF toolkit with its defaults. Then
+``python -m tools.convert``), the flask stack, the HF toolkit with its defaults. Then
 multi-model memory for each backend and the HF toolkit (PSS of every process with 1, 2, 4
 demo copies loaded, and after unloading), a worker killed under load (failed requests, time
 until answers resume), and with ``--soak S`` Java's resident memory during S seconds at

@@ -1,8 +1,7 @@
 """A Hugging Face seq2seq checkpoint -> a CTranslate2 model, ahead of time or once into a cache.
 
-    python -m handlers.convert MODEL_DIR OUT_DIR [--quantization int8]
-
-OUT_DIR holds all the ctranslate2 backend reads at run time: the CTranslate2 model
+Ahead of time: ``python -m tools.convert MODEL_DIR OUT_DIR [--quantization int8]`` (the command
+line lives with the offline tools; this module is what it and the servers share). OUT_DIR holds all the ctranslate2 backend reads at run time: the CTranslate2 model
 (``model.bin``, ``config.json``, ``shared_vocabulary.json``), ``tokenizer.json`` (written from
 ``spiece.model`` when the checkpoint has none), ``tokenizer_config.json`` and
 ``generation_config.json``. Put it in ``model.tar.gz`` as ``ctranslate2/`` beside the HF files
@@ -14,7 +13,6 @@ checkpoint's hash and the quantization. Concurrent starters wait on a lock; the 
 appears by an atomic rename, so nobody reads half a model.
 """
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -90,10 +88,10 @@ def cached_conversion(model_dir: Path, quantization: str, cache: Path) -> Path:
 
 
 def run_conversion(model_dir: Path, out_dir: Path, quantization: str) -> None:
-    """``python -m handlers.convert`` in a short-lived process: torch never enters ours."""
+    """This module in a short-lived process: torch never enters ours."""
     log.info("converting %s to CTranslate2 (%s) in a subprocess", model_dir, quantization)
     command = [sys.executable, "-m", "handlers.convert", str(model_dir.resolve()), str(out_dir.resolve()),
-               "--quantization", quantization]
+               quantization]
     done = subprocess.run(command, cwd=PACKAGE_ROOT, capture_output=True, text=True,
                           env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
     if done.returncode != 0:
@@ -154,22 +152,9 @@ def convert(model_dir: Path, out_dir: Path, quantization: str) -> Path:
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handlers.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir", help="Hugging Face model dir (or model.tar.gz)")
-    parser.add_argument("out_dir", help="where to write the CTranslate2 model (must be empty or absent)")
-    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
-                        help="weight type to store (default float32; CT2_COMPUTE_TYPE may differ at run time)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+if __name__ == "__main__":  # what run_conversion starts: MODEL_DIR OUT_DIR QUANTIZATION
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        out = convert(resolve_model_dir(args.model_dir), Path(args.out_dir), args.quantization)
+        convert(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
     except ModelLoadError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    log.info("wrote %s (%s)", out, args.quantization)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        sys.exit(f"error: {exc.message}")

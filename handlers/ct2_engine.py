@@ -105,7 +105,7 @@ class CTranslate2Engine:
             return next((d / name for d in (self.path, self.model_dir) if (d / name).is_file()), None)
 
         if find("tokenizer.json") is None:
-            raise ModelLoadError(f"no tokenizer.json in {self.path}: convert with `python -m handlers.convert`, "
+            raise ModelLoadError(f"no tokenizer.json in {self.path}: convert with `python -m tools.convert`, "
                                  "which writes one")
         self.tokenizer = TextTokenizer(find("tokenizer.json"), find("tokenizer_config.json"))
         self.eos_token_id, self.splits_at_spaces = self.tokenizer.eos_token_id, self.tokenizer.splits_at_spaces

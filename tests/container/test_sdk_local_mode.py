@@ -1,7 +1,7 @@
 """The real SageMaker Python SDK (v2) deploys the built CPU image in local mode
 (instance_type="local": the SDK unpacks model.tar.gz and runs the image with docker-compose),
 through the deploy guide's own code in examples/, as a notebook would. Each deploy takes
-about a minute. The model.tar.gz files are made with `python -m handlers.package`.
+about a minute. The model.tar.gz files are made with `python -m tools.package`.
 
 What local mode cannot do (multi-model endpoints, serverless, async) is covered over direct
 HTTP by test_multi_model.py and test_single_model.py; docs/DEPLOY.md says so.
@@ -9,7 +9,7 @@ HTTP by test_multi_model.py and test_single_model.py; docs/DEPLOY.md says so.
 
 import pytest
 
-from handlers.package import package
+from tools.package import package
 from tests.container.conftest import _unavailable
 from tests.container.local_mode import LocalMode, missing
 from tests.procs import DEMO_MODEL, REPO

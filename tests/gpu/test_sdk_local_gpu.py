@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from handlers.package import package
+from tools.package import package
 from tests.container.local_mode import LocalMode, missing
 from tests.procs import DEMO_MODEL
 

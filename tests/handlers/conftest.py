@@ -141,11 +141,11 @@ def script_dir(tmp_path, demo_dir):
 
 
 def convert_cli(model_dir: Path, out_dir: Path, quantization: str = "float32") -> Path:
-    """``python -m handlers.convert``, as a user runs it."""
+    """``python -m tools.convert``, as a user runs it."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "handlers.convert", str(model_dir), str(out_dir),
+    done = subprocess.run([sys.executable, "-m", "tools.convert", str(model_dir), str(out_dir),
                            "--quantization", quantization], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""Conversion to CTranslate2: ahead of time (``python -m handlers.convert``), shipped models
+"""Conversion to CTranslate2: ahead of time (``python -m tools.convert``), shipped models
 used as they are, the cache (once per checkpoint and compute type, safe under concurrent
 starters), failures, and a serving process that never imports torch."""
 
@@ -51,7 +51,7 @@ def test_seed_layout_converts_with_a_tokenizer_json_and_answers_like_transformer
 def test_convert_refuses_a_non_empty_output_dir(tmp_path, demo_dir):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    done = subprocess.run([sys.executable, "-m", "handlers.convert", str(demo_dir), str(tmp_path / "out")],
+    done = subprocess.run([sys.executable, "-m", "tools.convert", str(demo_dir), str(tmp_path / "out")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "is not empty" in done.stderr
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"

@@ -64,7 +64,7 @@ def ask(server: MmsServer, path: str, question: str) -> str:
 def ct2_model(tmp_path_factory) -> Path:
     """The demo model as a user ships it converted: HF files + ctranslate2/ (int8)."""
     target = make_model(tmp_path_factory.mktemp("shipped"), "model")
-    done = subprocess.run([sys.executable, "-m", "handlers.convert", str(target), str(target / "ctranslate2"),
+    done = subprocess.run([sys.executable, "-m", "tools.convert", str(target), str(target / "ctranslate2"),
                            "--quantization", "int8"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return target

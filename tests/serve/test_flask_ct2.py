@@ -21,7 +21,7 @@ TORCH_LIBRARIES = ("libtorch", "libc10")
 def model_with_ctranslate2(target: Path, script: str | None = None) -> Path:
     """The demo model as users ship it converted: HF files + ctranslate2/ (+ code/inference.py)."""
     shutil.copytree(DEMO_MODEL, target)
-    done = subprocess.run([sys.executable, "-m", "handlers.convert", str(target), str(target / "ctranslate2"),
+    done = subprocess.run([sys.executable, "-m", "tools.convert", str(target), str(target / "ctranslate2"),
                            "--quantization", "int8"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     if script:

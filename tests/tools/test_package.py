@@ -1,4 +1,4 @@
-"""`python -m handlers.package`: a training output dir (the seed's layout) -> a clean
+"""`python -m tools.package`: a training output dir (the seed's layout) -> a clean
 model.tar.gz that the servers load, checked before it is written."""
 
 import os
@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from handlers import load_service
-from handlers.package import main
+from tools.package import main
 from tests.handlers.conftest import REPO, copy_demo
 
 SEED_SCRIPT = REPO / "demo" / "code" / "inference.py"
@@ -144,7 +144,7 @@ def test_command_line(tmp_path):
     """The documented command, as a process."""
     train = training_output(tmp_path / "train")
     out = tmp_path / "model.tar.gz"
-    run = subprocess.run([sys.executable, "-m", "handlers.package", str(train), str(out)], cwd=REPO,
+    run = subprocess.run([sys.executable, "-m", "tools.package", str(train), str(out)], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert f"wrote {out}" in run.stdout

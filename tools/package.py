@@ -1,6 +1,6 @@
 """Package a fine-tuned model (a training output dir) as a clean SageMaker ``model.tar.gz``.
 
-    python -m handlers.package TRAINING_DIR OUT.tar.gz [--code DIR] [--question TEXT]
+    python -m tools.package TRAINING_DIR OUT.tar.gz [--code DIR] [--question TEXT]
 
 Keeps what serving needs: ``config.json``, ``generation_config.json``, the weights
 (safetensors or ``pytorch_model.bin``, sharded or not), the tokenizer files, and ``code/``
@@ -169,7 +169,7 @@ def package(training_dir: Path, out: Path, code: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handlers.package",
+    parser = argparse.ArgumentParser(prog="python -m tools.package",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("training_dir", type=Path, help="the fine-tuned model (a training output dir)")
     parser.add_argument("out", type=Path, help="the model.tar.gz to write")

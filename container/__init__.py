@@ -1,2 +1,3 @@
-"""The multi-model stack: multi-model-server (Java) behind a small front that keeps the
-SageMaker contract. Entry point: ``container.mms_server.run`` (see its module doc)."""
+"""multi-model-server as the app's backend: the backend the app calls (``backend``), the queues
+and registry of loaded models, MMS's process and config, and what runs inside MMS's worker
+processes (``handler_service``, ``mms_worker``). Also the images' entrypoint."""

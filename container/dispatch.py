@@ -1,129 +1,110 @@
-"""Callers' requests for one model, batched and sent to its MMS workers.
+"""Each loaded model's queue: callers' requests batched onto its MMS workers.
 
-Each loaded model has a ``ModelQueue`` with one sender thread per MMS worker. A sender
-takes a batch by ``handlers.batching.BatchPolicy`` (the flask stack's policy: what is
-queued when the worker is free, up to a max batch, plus the short wait under load), sends
-it as ONE MMS request (a ``container.protocol`` envelope) and hands each caller its own
-answer. Models whose user script owns ``predict`` get batches of one.
+One ``handlers.scheduler.Scheduler`` per model, with one lane per MMS worker: a lane takes a
+batch by the scheduler's policy (the same one the single-model stack's engine runs: oldest
+first, split among free workers, the short wait under load, long work kept off the last free
+worker while short work is about), sends it as ONE MMS request (a ``container.protocol``
+envelope) and hands each caller its own answer. An MMS worker answers a batch whole, so a
+batch holds requests of one kind only: short or long by the ``max_new_tokens`` they ask for
+(read from small JSON bodies; else the model's default). Models whose user script owns
+``predict`` get batches of one.
 
 While a worker (re)starts, MMS holds the request or the worker answers 503 before running
-anything: the sender keeps the batch and tries again until the callers' deadlines, so
-callers wait instead of failing. A batch in flight on a worker that dies fails (MMS
-answers "Worker died."); nothing that may have run is sent twice.
+anything: the lane keeps the batch and tries again until the callers' deadlines, so callers
+wait instead of failing. A batch in flight on a worker that dies fails (MMS answers "Worker
+died."); nothing that may have run is sent twice.
 """
 
+import json
 import logging
-import queue
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from container import protocol
 from container.mms_client import MmsClient, MmsResponse, MmsUnavailable
-from handlers.batching import BatchPolicy
 from handlers.errors import GatewayTimeout, InferenceError, InternalError, NotFound, ServiceUnavailable
+from handlers.pipeline import Response
+from handlers.scheduler import Job, Scheduler
 
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.05  # between tries while the worker (re)starts
-STOP = None  # the queue's end marker; each sender puts it back for the next
+PEEK_BYTES = 65536  # bodies up to this size are read for the tokens they ask for
 
 
 @dataclass(frozen=True)
-class Answer:
-    status: int
-    content_type: str
-    body: bytes
-
-    @classmethod
-    def error(cls, exc: InferenceError) -> "Answer":
-        return cls(exc.status, "application/json", exc.body())
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    senders: int  # per model: one per MMS worker
-    max_batch: int  # requests per batch (INFERENCE_MAX_BATCH_SIZE)
+class QueueSettings:
+    lanes: int  # one per MMS worker of the model
+    max_batch: int  # requests per envelope (SERVE_MMS_BATCH_REQUESTS)
     max_wait_s: float  # the policy's wait under load (INFERENCE_MAX_BATCH_WAIT_MS)
-    timeout_s: float  # per request (SAGEMAKER_MODEL_SERVER_TIMEOUT)
+    timeout_s: float  # MMS's own per-request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)
+    http_timeout_s: float  # how long a lane waits for MMS's answer
     max_envelope_bytes: int  # MMS's request and response cap (protocol.envelope_cap)
 
 
-@dataclass
-class Call:
-    headers: dict[str, str]  # the caller's, as sent
-    body: bytes
-    deadline: float  # time.monotonic() by which the caller gives up
-    future: Future = field(default_factory=Future)  # -> Answer
+@dataclass(eq=False)
+class Call(Job):
+    headers: dict[str, str] = field(default_factory=dict)  # the caller's, as sent
+    body: bytes = b""
+    deadline: float = 0.0  # time.monotonic() by which the caller gives up
 
     @property
     def nbytes(self) -> int:
         return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items())
 
 
-class ModelQueue:
-    def __init__(self, client: MmsClient, name: str, mms_name: str, settings: BatchSettings, *,
-                 batchable: bool = True):
-        self.client, self.name, self.mms_name = client, name, mms_name
-        self.timeout_s, self.max_envelope_bytes = settings.timeout_s, settings.max_envelope_bytes
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.closed = False
-        max_batch = settings.max_batch if batchable else 1
-        self.threads = [threading.Thread(target=self._send_loop, name=f"send-{mms_name}-{i}", daemon=True,
-                                         args=(BatchPolicy(max_batch, settings.max_wait_s),))
-                        for i in range(settings.senders)]
-        for thread in self.threads:
-            thread.start()
+def asked_tokens(headers: dict[str, str], body: bytes, default: int) -> int:
+    """The ``max_new_tokens`` (or ``max_length``) a small JSON body asks for, else ``default``:
+    what the scheduler needs to keep short and long requests apart; the worker validates."""
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "application/json")
+    if len(body) > PEEK_BYTES or "json" not in content_type.lower():
+        return default
+    try:
+        parameters = json.loads(body).get("parameters") or {}
+        asked = parameters.get("max_new_tokens", parameters.get("max_length"))
+    except (ValueError, AttributeError, RecursionError):
+        return default
+    return asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else default
 
-    def submit(self, headers: dict[str, str], body: bytes, deadline: float) -> Future:
-        if self.closed:
-            raise NotFound(f"model {self.name!r} is being unloaded")
-        call = Call(headers, body, deadline)
-        self.queue.put(call)
-        return call.future
+
+class ModelQueue:
+    def __init__(self, client: MmsClient, name: str, mms_name: str, settings: QueueSettings, *,
+                 batchable: bool = True, default_tokens: int = 64):
+        self.client, self.name, self.mms_name, self.settings = client, name, mms_name, settings
+        self.batchable, self.default_tokens = batchable, default_tokens
+        self.scheduler = Scheduler(self._send_batch, lanes=settings.lanes,
+                                   max_size=settings.max_batch if batchable else 1,
+                                   max_wait_s=settings.max_wait_s, name=f"model {name!r}")
+        self.scheduler.start()
+
+    def submit(self, headers: dict[str, str], body: bytes, deadline: float) -> Call:
+        call = Call(key=object(), cost=asked_tokens(headers, body, self.default_tokens), headers=headers,
+                    body=body, deadline=deadline)
+        if self.batchable:  # an MMS worker answers a batch whole: long and short apart
+            call.key = call.long
+        try:
+            self.scheduler.submit(call)
+        except ServiceUnavailable:
+            raise NotFound(f"model {self.name!r} is being unloaded") from None
+        return call
 
     def close(self, timeout_s: float) -> None:
-        """Stop taking calls, let the senders finish what they hold, fail the rest (404)."""
-        self.closed = True
-        self.queue.put(STOP)
-        for thread in self.threads:
+        """Stop taking calls, let the lanes finish what they hold, fail the rest (404)."""
+        for call in self.scheduler.close():
+            call.resolve(Response.error(NotFound(f"model {self.name!r} was unloaded")))
+        for thread in self.scheduler.threads:
             thread.join(timeout_s)
-        while True:
-            try:
-                call = self.queue.get_nowait()
-            except queue.Empty:
-                return
-            if call is not STOP:
-                call.future.set_result(Answer.error(NotFound(f"model {self.name!r} was unloaded")))
 
-    def _send_loop(self, policy: BatchPolicy) -> None:
-        while True:
-            items = policy.collect(self.queue, size=lambda item: 0 if item is STOP else 1)
-            calls = [c for c in items if c is not STOP and c.future.set_running_or_notify_cancel()]
-            if calls:
-                started = time.monotonic()
-                try:
-                    for chunk in self._chunks(calls):
-                        self._send(chunk)
-                except Exception as exc:  # noqa: BLE001 - a bug here must not strand callers
-                    log.exception("sending a batch to model %r failed", self.name)
-                    self._fail(calls, InternalError.from_exception("the model server front end", exc))
-                policy.ran(time.monotonic() - started)
-            if any(item is STOP for item in items):
-                self.queue.put(STOP)
-                return
-
-    def _chunks(self, calls: list[Call]) -> list[list[Call]]:
-        """The batch split so that each envelope stays within MMS's request cap."""
-        chunks, size = [[]], 0
+    def _send_batch(self, calls: list[Call]) -> None:
+        """The batch in envelopes that each fit MMS's request cap."""
+        chunk, size = [], 0
         for call in calls:
-            if chunks[-1] and size + call.nbytes > self.max_envelope_bytes:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(call)
+            if chunk and size + call.nbytes > self.settings.max_envelope_bytes:
+                self._send(chunk)
+                chunk, size = [], 0
+            chunk.append(call)
             size += call.nbytes + 256
-        return chunks
+        self._send(chunk)
 
     def _send(self, calls: list[Call]) -> None:
         log.debug("model %r: a batch of %d request(s) in one MMS request", self.name, len(calls))
@@ -131,7 +112,7 @@ class ModelQueue:
         while calls:
             envelope = protocol.pack([({"headers": c.headers}, c.body) for c in calls])
             try:
-                resp = self.client.predict(self.mms_name, envelope, timeout=self.timeout_s + 10)
+                resp = self.client.predict(self.mms_name, envelope, timeout=self.settings.http_timeout_s)
             except MmsUnavailable as exc:
                 return self._fail(calls, ServiceUnavailable(f"model {self.name!r}: {exc}"))
             if resp.status == 200 and resp.headers.get("content-type") == protocol.ENVELOPE_TYPE:
@@ -155,7 +136,7 @@ class ModelQueue:
             if meta.get("alone"):  # did not fit in the batch's answer: on its own it does
                 self._send([call])
             else:
-                call.future.set_result(Answer(meta["status"], meta["content_type"], body))
+                call.resolve(Response(meta["status"], meta["content_type"], body))
 
     def _error(self, resp: MmsResponse, elapsed: float) -> InferenceError:
         """What a caller is told when the whole batch failed."""
@@ -163,8 +144,8 @@ class ModelQueue:
             return protocol.status_error(resp.status, str(resp.json().get("error") or resp.message()))
         if resp.status == 404:
             return NotFound(f"model {self.name!r} is not loaded")
-        if elapsed >= self.timeout_s - 0.5:  # MMS kills a worker that overruns the timeout
-            return GatewayTimeout(f"model {self.name!r} did not answer within {self.timeout_s:g} s; "
+        if elapsed >= self.settings.timeout_s - 0.5:  # MMS kills a worker that overruns the timeout
+            return GatewayTimeout(f"model {self.name!r} did not answer within {self.settings.timeout_s:g} s; "
                                   "its worker is being restarted")
         if "Worker died" in resp.message():
             return InternalError(f"model {self.name!r}: its worker process died while running this "
@@ -176,5 +157,4 @@ class ModelQueue:
     @staticmethod
     def _fail(calls: list[Call], exc: InferenceError) -> None:
         for call in calls:
-            if not call.future.done():
-                call.future.set_result(Answer.error(exc))
+            call.resolve(Response.error(exc))

@@ -2,12 +2,11 @@
 
 MMS imports this module in every worker and instantiates its one class (MMS refuses a
 handler module that defines more than one), then calls ``initialize(context)`` once and
-``handle(batch, context)`` per request. Each MMS request is a batch envelope from the
-front (``container.protocol``): callers' requests, each with its own headers. They are
-decoded one by one, run as one batched ``predict`` (a user script that owns ``predict``
-runs them one by one), and answered in one envelope, each with its own status, content
-type and JSON error body. Tracebacks go to the log only. Nothing here imports torch: the
-engine ``handlers`` picks does.
+``handle(batch, context)`` per request. Each MMS request is a batch envelope from the app
+(``container.protocol``): callers' requests, each with its own headers, answered through
+``handlers.pipeline`` (the single-model stack's own path) in one envelope, each with its own
+status, content type and JSON error body. Tracebacks go to the log only. Nothing here imports
+torch: the engine ``handlers`` picks does.
 """
 
 import http
@@ -17,34 +16,27 @@ import os
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from mms.context import RequestProcessor
 
 from container import protocol
-from handlers.content_types import EVENT_STREAM, parse
-from handlers.errors import BadRequest, InferenceError, InternalError, NotAcceptable
+from contract.settings import Settings
+from handlers import config as handler_config, pipeline
+from handlers.errors import InferenceError, InternalError
+from handlers.pipeline import Request
+from handlers.service import load_service
 
 log = logging.getLogger(__name__)
 
 LOADING = (503, b'{"error": "the model is still loading; retry shortly", "code": 503}')
 JSON = "application/json"
+NO_STREAM = "its models run on multi-model-server, which answers whole"
 
 
-def _error(exc: BaseException) -> tuple[int, str, bytes]:
+def _error(exc: BaseException) -> tuple[int, bytes]:
     if not isinstance(exc, InferenceError):
         exc = InternalError.from_exception("the model server", exc)
-    return exc.status, JSON, exc.body()
-
-
-def _refuse_streaming(payload, accept: str | None) -> None:
-    """The MMS stack answers whole: MMS 1.1.11 has no streamed responses."""
-    if parse(accept)[0] == EVENT_STREAM:
-        raise NotAcceptable("this endpoint (the multi-model-server stack) does not stream: ask for "
-                            "another Accept type to get the whole answer at once")
-    if getattr(payload, "stream", False):
-        raise BadRequest("this endpoint (the multi-model-server stack) does not stream: leave out "
-                         '"stream": true to get the whole answer at once')
+    return exc.status, exc.body()
 
 
 class HandlerService:
@@ -54,31 +46,26 @@ class HandlerService:
         self.service = None
         self.failure = None  # (status, body) every request gets when the load failed
         self.loaded = threading.Event()
-        self.max_payload_bytes = int(os.environ.get(protocol.ENV_MAX_PAYLOAD_BYTES) or 6 * 1024 * 1024)
-        # Every model call (load, warm-up, each batch) runs on this one thread: OpenMP keeps
-        # a thread team per calling thread, and a second team (load on one thread, serve on
-        # another) made each request ~10x slower on 2 cores (140 ms instead of 11 ms).
-        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.settings = Settings.from_json(os.environ[protocol.ENV_SETTINGS]) \
+            if protocol.ENV_SETTINGS in os.environ else Settings()
 
     def initialize(self, context) -> None:
         """Start loading the model and return at once.
 
         MMS bounds a worker's load command by the per-request timeout (a model that takes
         longer than SAGEMAKER_MODEL_SERVER_TIMEOUT to load would never start), and calls a
-        model registered even when ``initialize`` raised. So the load runs on the model
-        thread, writes its outcome to a load report the front waits for, and never raises.
+        model registered even when ``initialize`` raised. So the load runs on a thread of its
+        own, writes its outcome to a load report the app waits for, and never raises.
         """
-        self.model_thread.submit(self._load, context)
+        threading.Thread(target=self._load, args=(context,), name="load", daemon=True).start()
 
     def _load(self, context) -> None:
         started = time.monotonic()
         model_dir = context.system_properties.get("model_dir")
         try:
-            from handlers import HandlerConfig, load_service
-
-            service = load_service(model_dir, HandlerConfig.from_env(os.environ), mms_style=True,
-                                   context=context)
-            service.warm_up()
+            handler_config.use(self.settings.handler)  # what a user script's handlers.load_model gets
+            service = load_service(model_dir, self.settings.handler, predict_records=True, context=context)
+            service.start()
             self.service = service
             log.info("model %s loaded from %s in %.1f s (%s)", context.model_name, model_dir,
                      time.monotonic() - started, type(service).__name__)
@@ -87,8 +74,7 @@ class HandlerService:
             self.failure = (507, b'{"error": "out of memory while loading the model", "code": 507}')
         except Exception as exc:  # noqa: BLE001 - any failure must be reported, not raised
             log.error("model %s failed to load from %s", context.model_name, model_dir, exc_info=True)
-            status, _, body = _error(exc)
-            self.failure = (status, body)
+            self.failure = _error(exc)
         try:
             state_dir = os.environ.get(protocol.ENV_STATE_DIR)
             if state_dir:
@@ -124,73 +110,35 @@ class HandlerService:
             return failure[0], JSON, failure[1]
         body = item.get("body") if isinstance(item, dict) else None
         try:
-            requests = protocol.unpack(bytes(body or b""))
+            items = protocol.unpack(bytes(body or b""))
         except (ValueError, TypeError, KeyError) as exc:
-            log.error("not a batch envelope from the front: %s", exc)
+            log.error("not a batch envelope from the app: %s", exc)
             return 400, JSON, b'{"error": "not a batch envelope from the front", "code": 400}'
-        answers = self.model_thread.submit(self._run, requests, context).result()
-        return 200, protocol.ENVELOPE_TYPE, self._pack(answers)
-
-    def _run(self, requests: list[tuple[dict, bytes]], context) -> list[tuple[int, str, bytes]]:
-        """Decode each request with its own headers, predict the decoded ones together (one
-        by one for a script that owns predict), encode each: one answer per request, same
-        order, each failure its own. A user script's hooks see the caller's headers as
-        item 0 of MMS's context, as scripts written for sagemaker-inference expect."""
-        answers: list = [None] * len(requests)
-        decoded = {}
+        requests = []
+        for meta, request_body in items:
+            headers = meta.get("headers") or {}
+            lower = {k.lower(): v for k, v in headers.items()}
+            requests.append(Request(request_body, lower.get("content-type") or None, lower.get("accept"),
+                                    tuple(headers.items())))
         mms_processors = context.request_processor
-        show = lambda idx: setattr(context, "request_processor",  # noqa: E731
-                                   [RequestProcessor(requests[idx][0].get("headers") or {})])
+
+        def show(index: int) -> None:
+            """A user script's hooks see the caller's headers as item 0 of MMS's context, as
+            scripts written for sagemaker-inference expect."""
+            context.request_processor = [RequestProcessor(dict(requests[index].headers))]
+
         try:
-            for idx, (meta, body) in enumerate(requests):
-                show(idx)
-                headers = {k.lower(): v for k, v in (meta.get("headers") or {}).items()}
-                try:
-                    payload = self.service.decode(body, headers.get("content-type") or None,
-                                                  headers.get("accept"))
-                    if getattr(self.service, "streamable", False):  # where the flask stack streams
-                        _refuse_streaming(payload, headers.get("accept"))
-                    decoded[idx] = payload
-                except Exception as exc:  # noqa: BLE001 - one bad request fails only itself
-                    answers[idx] = self._failed(exc)
-            order = list(decoded)
-            batches = [order] if getattr(self.service, "batchable", True) else [[i] for i in order]
-            for batch in batches:
-                if len(batch) == 1:
-                    show(batch[0])
-                try:
-                    results = self.service.predict([decoded[i] for i in batch]) if batch else []
-                except Exception as exc:  # noqa: BLE001 - predict reports per-item errors; a bug guard
-                    results = [exc] * len(batch)
-                for idx, result in zip(batch, results):
-                    answers[idx] = self._encode(result, decoded[idx])
+            responses = pipeline.answer(self.service, requests, no_stream=NO_STREAM, before=show,
+                                        max_answer_bytes=self.settings.max_payload_bytes,
+                                        deadline=time.monotonic() + self.settings.timeout_s)
         finally:
             context.request_processor = mms_processors
-        return answers
-
-    def _encode(self, result, payload) -> tuple[int, str, bytes]:
-        if isinstance(result, BaseException):
-            return self._failed(result)
-        try:
-            body, content_type = self.service.encode(result, payload)
-        except Exception as exc:  # noqa: BLE001
-            return self._failed(exc)
-        if len(body) > self.max_payload_bytes:
-            return 500, JSON, (b'{"error": "the answer is %d bytes, over the %d-byte response cap", '
-                               b'"code": 500}' % (len(body), self.max_payload_bytes))
-        return 200, content_type, body
-
-    @staticmethod
-    def _failed(exc: BaseException) -> tuple[int, str, bytes]:
-        status, content_type, body = _error(exc)
-        if status >= 500:
-            log.error("a request failed", exc_info=exc)
-        return status, content_type, body
+        return 200, protocol.ENVELOPE_TYPE, self._pack([(r.status, r.content_type, r.body) for r in responses])
 
     def _pack(self, answers: list[tuple[int, str, bytes]]) -> bytes:
         """One envelope, within MMS's response cap: an answer that would push it over is
         left out (``"alone": true``) and the front sends that request again on its own."""
-        room = protocol.envelope_cap(self.max_payload_bytes) - 4096 * (len(answers) + 1)
+        room = protocol.envelope_cap(self.settings.max_payload_bytes) - 4096 * (len(answers) + 1)
         items = []
         for status, content_type, body in answers:
             if len(body) > room:

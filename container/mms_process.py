@@ -7,6 +7,7 @@ the group, and stopping checks /proc until none of it is left (MMS leaves forked
 behind on SIGTERM).
 """
 
+import json
 import logging
 import os
 import random
@@ -15,8 +16,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from container import process_table, protocol
@@ -75,16 +76,16 @@ class MmsProcess:
         env = dict(os.environ)
         env["TMPDIR"] = str(self.private / "tmp")
         env[protocol.ENV_STATE_DIR] = str(self.state_dir)
-        env[protocol.ENV_MAX_PAYLOAD_BYTES] = str(self.settings.max_payload_bytes)
+        env[protocol.ENV_SETTINGS] = self.settings.to_json()  # the workers' settings, read once here
         env[protocol.ENV_PYTHON] = sys.executable
         # MMS's worker sets OMP_NUM_THREADS=1 unless it is set; workers x threads <= cores.
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.settings.torch_threads)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.settings.handler.threads)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         env["MALLOC_ARENA_MAX"] = "2"  # Java's own malloc arenas: one per thread otherwise
         return env
 
-    def start(self, model_store: Path, exclude_port: int, stop_requested: threading.Event) -> MmsClient | None:
+    def start(self, model_store: Path, exclude_port: int, stopping: Callable[[], bool]) -> MmsClient | None:
         """Start Java and wait until MMS answers; None when a stop was requested meanwhile.
         Raises RuntimeError when MMS does not come up."""
         for attempt in range(3):  # a port probed free can be taken before Java binds it
@@ -98,21 +99,25 @@ class MmsProcess:
             log.info("starting MMS on 127.0.0.1:%d (private dir %s)", port, self.private)
             self.java = subprocess.Popen(cmd, env=self._env(), cwd=self.private,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-            client = MmsClient(port)
+            client, self.port = MmsClient(port), port
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while time.monotonic() < deadline and not stop_requested.is_set() and self.java.poll() is None:
+            while time.monotonic() < deadline and not stopping() and self.java.poll() is None:
                 try:
                     if client.ping(timeout=1.0).status == 200:
                         return client
                 except MmsUnavailable:
                     pass
                 time.sleep(0.1)
-            if stop_requested.is_set():
+            if stopping():
                 return None
             if self.java.poll() is None:
                 break
             log.warning("MMS exited with %s during start-up (attempt %d)", self.java.returncode, attempt + 1)
         raise RuntimeError("MMS did not come up")
+
+    def describe(self) -> str:
+        """What the app's backend needs to know of this MMS (``container.backend``), as JSON."""
+        return json.dumps({"port": self.port, "state_dir": str(self.state_dir), "pgid": self.java.pid})
 
     def exit_code(self) -> int | None:
         return None if self.java is None else self.java.poll()

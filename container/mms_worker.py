@@ -15,32 +15,19 @@ Translator starts threads (each worker builds its own after the fork). MMS's oth
     python -m container.mms_worker SCRIPT ARGS...   (what container/mms_worker.sh runs)
 """
 
-import json
 import logging
 import os
 import runpy
 import sys
-from pathlib import Path
 
 
 def preload(model_dir: str) -> None:
     import container.handler_service  # noqa: F401
-    import handlers.service  # noqa: F401 - what every load needs
-    from handlers.config import HandlerConfig
+    from container import protocol
+    from contract.settings import Settings
+    from handlers.engine import preload_modules
 
-    if HandlerConfig.from_env(os.environ).backend == "ctranslate2":
-        import ctranslate2  # noqa: F401 - importing starts no thread; a Translator would
-
-        import handlers.ct2_engine  # noqa: F401 - tokenizers
-    else:
-        import transformers
-
-        import handlers.transformers_engine  # noqa: F401 - torch
-
-        config = Path(model_dir) / "config.json"
-        architectures = json.loads(config.read_text()).get("architectures") if config.is_file() else None
-        for name in architectures or []:
-            getattr(transformers, str(name), None)
+    preload_modules(Settings.from_json(os.environ[protocol.ENV_SETTINGS]).handler, model_dir)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ inside the model root, symlinks resolved, no scheme), duplicates (409) and memor
 After MMS says "registered", the workers' own load reports decide (MMS says 200 even when
 the Python side failed); a failed load is unregistered again and answered with its reason.
 Each loaded model gets its request queue (``container.dispatch``) here, and loses it
-before MMS unloads the model.
+before MMS unloads the model. A loaded model is also written down in the state dir, so that an
+app process that gunicorn replaced takes the models MMS still holds back (``adopt``).
 """
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -20,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from container import memory, process_table, protocol
-from container.dispatch import BatchSettings, ModelQueue
+from container.dispatch import ModelQueue, QueueSettings
 from container.mms_client import MmsClient, MmsUnavailable
 from handlers.errors import BadRequest, Conflict, InternalError, NotFound, ServiceUnavailable
+from handlers.generation import default_max_new_tokens
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class ModelRecord:
     pss_bytes: int = 0
     rss_bytes: int = 0
     worker_pids: list[int] = field(default_factory=list)
+    batchable: bool = True  # False: its script owns predict; requests go one at a time
 
     def describe(self) -> dict:
         return {"modelName": self.name, "modelUrl": self.url, "workers": self.workers,
@@ -84,11 +88,11 @@ class ModelRecord:
 
 class ModelRegistry:
     def __init__(self, client: MmsClient, *, state_dir: Path, model_root: Path, java_pgid: int,
-                 workers: int, load_timeout_s: int, policy: memory.MemoryPolicy, batching: BatchSettings):
+                 load_timeout_s: int, policy: memory.MemoryPolicy, queues: QueueSettings, max_new_tokens: int):
         self.client, self.state_dir, self.java_pgid = client, state_dir, java_pgid
         self.model_root = Path(os.path.realpath(model_root))
-        self.workers, self.load_timeout_s = workers, load_timeout_s
-        self.policy, self.batching = policy, batching
+        self.workers, self.load_timeout_s = queues.lanes, load_timeout_s
+        self.policy, self.queues, self.max_new_tokens = policy, queues, max_new_tokens
         self._models: dict[str, ModelRecord] = {}
         self._loading: set[str] = set()
         self._lock = threading.Lock()  # guards the dict and the set
@@ -147,19 +151,47 @@ class ModelRegistry:
                     f"model {name!r} failed to load: {len(reports)} of {self.workers} worker(s) finished "
                     f"loading within {seconds:.0f} s (a worker process died or hung; see the server log)")
             raise InternalError(f"model {name!r} failed to load: MMS answered {resp.status} ({resp.message()})")
-        record = ModelRecord(name, url, path, internal, self.workers, time.monotonic() - started)
+        record = ModelRecord(name, url, path, internal, self.workers, time.monotonic() - started,
+                             batchable=all(r.batchable for r in reports))
         record.worker_pids = process_table.model_workers(self.java_pgid, internal)
         usage = [m for m in map(memory.process_memory, record.worker_pids) if m is not None]
         record.pss_bytes, record.rss_bytes = sum(m.pss for m in usage), sum(m.rss for m in usage)
         if record.pss_bytes:
             self.policy.learn(path, self.workers, record.pss_bytes)
-        record.queue = ModelQueue(self.client, name, internal, self.batching,
-                                  batchable=all(r.batchable for r in reports))
+        self._serve(record)
         log.info("model %r loaded from %s in %.2f s: %d worker(s)%s, %.0f MiB PSS (%.0f MiB RSS)",
                  name, path, record.load_seconds, self.workers,
-                 "" if all(r.batchable for r in reports) else " (its script owns predict: one request at a time)",
+                 "" if record.batchable else " (its script owns predict: one request at a time)",
                  record.pss_bytes / memory.MiB, record.rss_bytes / memory.MiB)
         return record
+
+    def _serve(self, record: ModelRecord) -> None:
+        record.queue = ModelQueue(self.client, record.name, record.mms_name, self.queues, batchable=record.batchable,
+                                  default_tokens=default_max_new_tokens(record.path, self.max_new_tokens))
+        folder = self.state_dir / "models"
+        folder.mkdir(exist_ok=True)
+        fields = ("name", "url", "mms_name", "workers", "load_seconds", "pss_bytes", "rss_bytes", "batchable")
+        (folder / f"{record.mms_name}.json").write_text(json.dumps(
+            {**{f: getattr(record, f) for f in fields}, "path": str(record.path)}))
+
+    def adopt(self) -> list[str]:
+        """The models MMS still holds that an earlier app process loaded (gunicorn replaced it):
+        served again, with what that process wrote down. Returns their names."""
+        for path in sorted((self.state_dir / "models").glob("*.json")):
+            data = json.loads(path.read_text())
+            try:
+                held = self.client.request("GET", f"/models/{data['mms_name']}", timeout=10).status == 200
+            except MmsUnavailable:
+                held = False
+            if not held:
+                path.unlink(missing_ok=True)
+                continue
+            record = ModelRecord(**{**data, "path": Path(data["path"])})
+            record.worker_pids = process_table.model_workers(self.java_pgid, record.mms_name)
+            self._serve(record)
+            self._models[record.name] = record
+            log.info("model %r: still loaded in MMS, served again", record.name)
+        return self.names()
 
     def _wait_reports(self, internal: str, started: float) -> list[protocol.LoadReport]:
         """The workers' load reports, once every worker has written one. Stops early when a
@@ -178,7 +210,7 @@ class ModelRegistry:
     def _rollback(self, internal: str) -> None:
         seen = process_table.model_workers(self.java_pgid, internal)
         try:
-            self.client.unregister(internal, timeout=self.batching.timeout_s + 30)
+            self.client.unregister(internal, timeout=self.queues.timeout_s + 30)
         except MmsUnavailable:
             pass
         self._forget(internal, seen)
@@ -187,6 +219,7 @@ class ModelRegistry:
         for pid in process_table.wait_workers_gone(self.java_pgid, internal, WORKERS_GONE_S, seen):
             log.warning("killed worker %d that MMS left behind for %s", pid, internal)
         protocol.clear_reports(self.state_dir, internal)
+        (self.state_dir / "models" / f"{internal}.json").unlink(missing_ok=True)
 
     def unload(self, name: str) -> ModelRecord:
         with self._load_lock:
@@ -194,10 +227,10 @@ class ModelRegistry:
                 record = self._models.pop(name, None)
             if record is None:
                 raise NotFound(f"model {name[:255]!r} is not loaded")
-            record.queue.close(self.batching.timeout_s + 10)  # what was sent is answered first
+            record.queue.close(self.queues.timeout_s + 10)  # what was sent is answered first
             seen = process_table.model_workers(self.java_pgid, record.mms_name)
             try:
-                resp = self.client.unregister(record.mms_name, timeout=self.batching.timeout_s + 30)
+                resp = self.client.unregister(record.mms_name, timeout=self.queues.timeout_s + 30)
             except MmsUnavailable as exc:
                 resp = None
                 log.error("model %r: MMS did not answer the unload (%s); stopping its processes", name, exc)

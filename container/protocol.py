@@ -21,7 +21,7 @@ from pathlib import Path
 from handlers.errors import InferenceError
 
 ENV_STATE_DIR = "SERVE_MMS_STATE_DIR"  # where workers write their load reports
-ENV_MAX_PAYLOAD_BYTES = "SERVE_MMS_MAX_PAYLOAD_BYTES"  # the callers' body cap (each answer's too)
+ENV_SETTINGS = "SERVE_SETTINGS"  # contract.settings.Settings as JSON: what every worker reads
 ENV_PYTHON = "SERVE_MMS_PYTHON"  # the interpreter container/mms_worker.sh runs
 
 ENVELOPE_TYPE = "application/x-serve-batch"

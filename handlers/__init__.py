@@ -4,8 +4,8 @@
     model = load_model("demo/model")
     predict(model, ["Where was Alnor Quarenard born?"])   # [{"generated_text": "Solvi"}]
 
-The HTTP stacks use ``load_service`` (see ``handlers.service``). Names are imported lazily,
-so ``handlers.config`` and ``handlers.errors`` stay cheap (no torch) for supervisors.
+The HTTP stacks use ``load_service`` (``handlers.service``) and ``handlers.pipeline``. Names
+are imported lazily, so ``handlers.config`` and ``handlers.errors`` stay cheap (no engine).
 """
 
 import importlib
@@ -29,16 +29,13 @@ def __getattr__(name: str) -> Any:
 
 
 def load_model(model_dir, config=None):
-    """Load a seq2seq model + tokenizer from a model dir or model.tar.gz (CUDA when present),
-    ready to run. Without ``config``, the environment's settings (``INFERENCE_BACKEND``...):
-    a user script that calls this inside a server gets the server's engine."""
-    import os
-
-    from handlers.config import HandlerConfig
+    """Load a seq2seq model + tokenizer from a model dir or model.tar.gz (CUDA when present).
+    It starts (places the model, starts its threads) on first use, in the process that uses
+    it: a user ``model_fn`` that calls this in a process that forks later builds nothing there.
+    Without ``config``: the server's settings inside a server, else the environment's."""
+    from handlers import config as handler_config
     from handlers.flan_t5 import FlanT5Model
-    model = FlanT5Model.load(model_dir, config or HandlerConfig.from_env(os.environ))
-    model.place()
-    return model
+    return FlanT5Model.load(model_dir, config or handler_config.current())
 
 
 def predict(model, requests: list[Any]) -> list[Any]:

@@ -10,13 +10,15 @@ CTranslate2's own threads (and CUDA) in the process that will use them.
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Hashable
+from dataclasses import replace
 from pathlib import Path
 
 from handlers import convert
 from handlers.artifacts import check_model_dir
 from handlers.config import HandlerConfig
 from handlers.errors import BadRequest, ModelLoadError
+from handlers.engine import GenerationJob, gpu_visible
 from handlers.generation import GenerationParams
 from handlers.tokenizer import TextTokenizer
 
@@ -49,10 +51,29 @@ def read_json(path: Path | None) -> dict | list:
 
 class CTranslate2Engine:
     name = "ctranslate2"
+    streams_in_batches = True  # the per-token callback feeds each stream of a batch
 
     def __init__(self, model_dir: Path, config: HandlerConfig):
+        """Device, compute type and the converted model (converting the checkpoint when none was
+        shipped, once, in a subprocess), then its files: everything but the Translator, which
+        ``place`` builds in the process that runs it (it starts threads, and CUDA)."""
         self.model_dir, self.config = model_dir, config
         self.translator = None
+        kind, _, index = (config.device or ("cuda" if gpu_visible() else "cpu")).partition(":")
+        if kind not in COMPUTE_TYPES:
+            raise ModelLoadError(f"INFERENCE_DEVICE={config.device!r}: CTranslate2 runs on cpu or cuda")
+        self.kind, self.index = kind, int(index or 0)
+        self.threads = config.threads or len(os.sched_getaffinity(0))
+        # On CPU, one-thread replicas sharing the weights, each running its own batch: one thread
+        # per batch ran 2.4x the throughput of two threads per matrix product (docs/BENCHMARKS.md).
+        self.lanes = self.threads if kind == "cpu" else 1
+        self.compute_type = config.compute_type or ("int8" if kind == "cpu" else "bfloat16")
+        if self.compute_type not in COMPUTE_TYPES[kind]:
+            raise ModelLoadError(f"CT2_COMPUTE_TYPE={self.compute_type} is not available on {kind}: use one of "
+                                 f"{', '.join(COMPUTE_TYPES[kind])}")
+        self.path = convert.shipped_model(model_dir) or convert.cached_conversion(
+            model_dir, self.compute_type, convert.cache_dir(config.ct2_cache_dir))
+        self._read_model_files()
 
     @classmethod
     def load(cls, path: Path, config: HandlerConfig) -> "CTranslate2Engine":
@@ -67,36 +88,28 @@ class CTranslate2Engine:
         return cls(path, config)
 
     def place(self) -> None:
-        """Pick device and compute type, find or make the converted model, build the Translator."""
+        """Build the Translator (its threads, and CUDA) in the process that runs it."""
         if self.translator is not None:
             return
         import ctranslate2
-        kind, _, index = (self.config.device or ("cuda" if ctranslate2.get_cuda_device_count() else "cpu")
-                          ).partition(":")
-        if kind not in COMPUTE_TYPES:
-            raise ModelLoadError(f"INFERENCE_DEVICE={self.config.device!r}: CTranslate2 runs on cpu or cuda")
-        index = int(index or 0)
-        compute_type = self.config.compute_type or (
-            "int8" if kind == "cpu" else
-            "bfloat16" if "bfloat16" in ctranslate2.get_supported_compute_types("cuda", index) else "float32")
-        if compute_type not in COMPUTE_TYPES[kind]:
-            raise ModelLoadError(f"CT2_COMPUTE_TYPE={compute_type} is not available on {kind}: use one of "
-                                 f"{', '.join(COMPUTE_TYPES[kind])}")
-        self.path = convert.shipped_model(self.model_dir) or convert.cached_conversion(
-            self.model_dir, compute_type, convert.cache_dir(self.config.ct2_cache_dir))
-        self._read_model_files()
-        # On CPU a batch is split over `threads` one-thread replicas sharing the weights: one
-        # thread per sub-batch ran 2.4x the throughput of two threads per matrix product, and one
-        # prompt alone ran faster on one thread (docs/BENCHMARKS.md, "Engines").
-        threads = self.config.threads or len(os.sched_getaffinity(0))
-        self.replicas = threads if kind == "cpu" else 1
+        kind, index, compute_type = self.kind, self.index, self.compute_type
+        if kind == "cuda" and not ctranslate2.get_cuda_device_count():
+            raise ModelLoadError("a GPU is visible but CTranslate2 finds no usable CUDA device (driver or "
+                                 "CUDA libraries); set INFERENCE_DEVICE=cpu to serve on the CPU")
+        if kind == "cuda" and not self.config.compute_type and \
+                "bfloat16" not in ctranslate2.get_supported_compute_types("cuda", index):
+            compute_type = "float32"  # no bf16 on this GPU
         try:
             self.translator = ctranslate2.Translator(str(self.path), device=kind, device_index=index,
-                                                     compute_type=compute_type, inter_threads=self.replicas,
-                                                     intra_threads=1 if kind == "cpu" else threads)
+                                                     compute_type=compute_type, inter_threads=self.lanes,
+                                                     intra_threads=1 if kind == "cpu" else self.threads)
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"CTranslate2 cannot load {self.path}: {exc}") from exc
-        log.info("loaded %s with CTranslate2 (%s on %s, %s threads)", self.path, compute_type, kind, threads)
+        log.info("loaded %s with CTranslate2 (%s on %s, %d lane(s) of %d thread(s))", self.path, compute_type,
+                 kind, self.lanes, 1 if kind == "cpu" else self.threads)
+
+    def close(self) -> None:
+        self.translator = None  # its destructor joins CTranslate2's threads
 
     def _read_model_files(self) -> None:
         """Tokenizer, input limit, generation defaults and vocabulary, from the converted dir or
@@ -145,11 +158,17 @@ class CTranslate2Engine:
                 raise BadRequest(f"parameter {name!r} = {json.dumps(value)}{given} is not supported in a beam "
                                  f"search (num_beams > 1) {BACKEND}: {why}")
 
-    def _options(self, params: GenerationParams) -> tuple[dict, int]:
+    def batch_key(self, params: GenerationParams) -> Hashable:
+        """Greedy search and sampling stop each sequence on its own (see ``run``): requests that
+        differ only in ``max_new_tokens`` or ``stop`` share a batch. Beam search cannot."""
+        if self._value(params, "num_beams") == 1:
+            return replace(params, max_new_tokens=None, stop=())
+        return replace(params, stop=())
+
+    def _options(self, params: GenerationParams, longest: int) -> tuple[dict, int]:
         """translate_batch options, and how many copies of each input to run (one per sample)."""
         value = lambda name: self._value(params, name)  # noqa: E731
-        longest = params.max_new_tokens or self.max_new_tokens
-        options = {"max_input_length": 0, "max_batch_size": 0, "beam_size": 1, "return_end_token": True,
+        options = {"max_input_length": 0, "beam_size": 1, "return_end_token": True,
                    "max_decoding_length": longest, "min_decoding_length": min(value("min_new_tokens"), longest),
                    "repetition_penalty": value("repetition_penalty"),
                    "no_repeat_ngram_size": value("no_repeat_ngram_size")}
@@ -162,25 +181,37 @@ class CTranslate2Engine:
                            length_penalty=value("length_penalty"), patience=1)
         return options, 1
 
-    def _ids(self, tokens: list[str]) -> list[int]:
-        ids = [self.ids[token] for token in tokens]
+    def _strip(self, ids: list[int]) -> list[int]:
         return ids[:-1] if ids and ids[-1] == self.eos_token_id else ids
 
-    def generate(self, inputs: list[list[int]], params: GenerationParams) -> list[list[int]]:
-        """``num_return_sequences`` generated id lists per input (input-major), without ``</s>``."""
-        options, copies = self._options(params)
-        source = [[self.vocabulary[i] for i in row] for row in inputs for _ in range(copies)]
-        options["max_batch_size"] = -(-len(source) // self.replicas)  # one sub-batch per replica
-        results = self.translator.translate_batch(source, **options)
-        return [self._ids(tokens) for result in results for tokens in result.hypotheses]
+    def run(self, jobs: list[GenerationJob]) -> None:
+        """One ``translate_batch`` on one replica (``max_batch_size`` = the batch). In greedy
+        search and sampling its per-token callback ends each sequence at its own
+        ``max_new_tokens``, feeds streams, and answers each job the moment its last sequence
+        ends, while longer ones go on."""
+        options, copies = self._options(jobs[0].params, max(job.max_new_tokens for job in jobs))
+        rows = [job for job in jobs for _ in range(copies)]
+        source = [[self.vocabulary[i] for i in job.ids] for job in rows]
+        if options["beam_size"] > 1:
+            results = self.translator.translate_batch(source, max_batch_size=len(source), **options)
+            for job, result in zip(jobs, results):
+                job.finish([self._strip([self.ids[token] for token in tokens]) for tokens in result.hypotheses])
+            return
+        tokens: list[list[int]] = [[] for _ in rows]
+        left = {id(job): copies for job in jobs}
+        first = {id(job): i * copies for i, job in enumerate(jobs)}
 
-    def stream(self, inputs: list[int], params: GenerationParams, on_token: Callable[[int], bool]) -> None:
-        """Generate for one input, calling ``on_token(id)`` per token until it returns True."""
-        options, _ = self._options(params)
-        for name in ("max_batch_size", "beam_size", "return_end_token"):
-            del options[name]
-        steps = self.translator.generate_tokens([self.vocabulary[i] for i in inputs], **options)
-        for step in steps:
-            if on_token(step.token_id):
-                steps.close()  # stops the decoding
-                break
+        def on_step(step) -> bool:
+            row, job = step.batch_id, rows[step.batch_id]
+            tokens[row].append(step.token_id)
+            end = step.is_last or len(tokens[row]) >= job.max_new_tokens or job.future.cancelled()
+            if job.on_token is not None and step.token_id != self.eos_token_id and job.on_token(step.token_id):
+                end = True  # the stream's reader stopped it
+            if end:
+                left[id(job)] -= 1
+                if not left[id(job)]:
+                    start = first[id(job)]
+                    job.finish([self._strip(ids) for ids in tokens[start:start + copies]])
+            return end and not step.is_last
+
+        self.translator.translate_batch(source, max_batch_size=len(source), callback=on_step, **options)

@@ -1,24 +1,27 @@
-"""The Flan-T5 interceptor: encode -> generate -> decode over a list of requests.
+"""The Flan-T5 interceptor: encode -> generate -> decode, one prompt at a time, batched.
 
 The one place that knows the prompt and answer conventions: truncation to the model's input
-limit, stop sequences, grouping requests by parameters, per-group errors and streaming text.
-The engine underneath (``handlers.engine``) only turns token ids into token ids.
+limit, stop sequences, per-prompt errors and streaming text. Each prompt becomes a job for the
+model's scheduler (``handlers.scheduler``), which batches the jobs of every caller onto the
+engine's lanes; the engine underneath (``handlers.engine``) turns token ids into token ids.
 """
 
 import logging
 import queue
 import re
 import threading
-from collections import defaultdict
+import time
 from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from handlers.artifacts import resolve_model_dir
 from handlers.codecs import Generation
 from handlers.config import HandlerConfig
-from handlers.engine import Engine, load_engine
+from handlers.engine import Engine, GenerationJob, load_engine
 from handlers.errors import BadRequest, GatewayTimeout, InferenceError, InternalError
 from handlers.generation import GenerationParams, cut_at_stop
+from handlers.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 # Longer prompts are tokenized a piece at a time (see FlanT5Model._head_ids): a prompt near
@@ -28,24 +31,34 @@ SAFE_CUT = re.compile(r"[\x00-\x7f] (?=[\x00-\x7f])")  # a space between two ASC
 
 
 class FlanT5Model:
-    """A seq2seq model behind an engine. ``load`` runs nothing, so a process may load, fork,
-    and let the child ``place()`` and run it."""
+    """A seq2seq model behind an engine and the scheduler that feeds it. ``load`` runs nothing
+    and starts no thread, so a process may load, fork, and let the child ``start()`` it (the
+    first ``generate`` starts it too)."""
 
     def __init__(self, engine: Engine, model_dir: Path, config: HandlerConfig):
-        self.engine, self.model_dir = engine, model_dir
-        self.max_batch_size, self._max_input_tokens = config.max_batch_size, config.max_input_tokens
+        self.engine, self.model_dir, self.config = engine, model_dir, config
+        self.scheduler = Scheduler(self._run, lanes=engine.lanes, max_size=config.max_batch_size,
+                                   max_wait_s=config.max_batch_wait_ms / 1000, name="model")
+        self._starting = threading.Lock()
 
     @classmethod
-    def load(cls, model_dir, config: HandlerConfig = HandlerConfig()) -> "FlanT5Model":
+    def load(cls, model_dir, config: HandlerConfig | None = None) -> "FlanT5Model":
         path = resolve_model_dir(model_dir)
+        config = config or HandlerConfig()
         return cls(load_engine(path, config), path, config)
 
-    def place(self) -> None:
-        self.engine.place()
+    def start(self) -> None:
+        """Place the model on its lanes and warm it up with one real generate; raises if it
+        cannot answer. Idempotent."""
+        with self._starting:
+            self.scheduler.start(self.engine.place, at_exit=self.engine.close)
+        [result] = self.generate([("warm up", GenerationParams(max_new_tokens=2))])
+        if isinstance(result, Exception):
+            raise result
 
     @property
     def max_input_tokens(self) -> int:
-        return self._max_input_tokens or self.engine.max_input_tokens
+        return self.config.max_input_tokens or self.engine.max_input_tokens
 
     def _head_ids(self, text: str, need: int, piece_chars: int = PIECE_CHARS) -> tuple[list[int], bool]:
         """The first ``need`` token ids of a long ``text`` (fewer when it has fewer), and
@@ -74,81 +87,85 @@ class FlanT5Model:
             rows[i] = (head[:limit - 1] + [eos], True) if more else (head + [eos], False)
         return [rows[i][0] for i in range(len(prompts))], [rows[i][1] for i in range(len(prompts))]
 
-    def _generate(self, prompts: list[str], params: GenerationParams) -> list[Generation]:
-        self.place()
+    def submit(self, prompt: str, params: GenerationParams, on_token=None) -> tuple[GenerationJob, bool]:
+        """Queue one prompt's generation: (its job, whether the prompt was truncated). Raises
+        BadRequest for a parameter the engine cannot honour."""
+        if not self.scheduler.ready.is_set():
+            self.start()
         self.engine.check(params)
-        inputs, truncated = self._encode(prompts)
-        texts = self.engine.detokenize(self.engine.generate(inputs, params))
-        n = params.num_return_sequences
-        return [Generation(tuple(cut_at_stop(t, params.stop) for t in texts[i * n:(i + 1) * n]), cut)
-                for i, cut in enumerate(truncated)]
+        [ids], [truncated] = self._encode([prompt])
+        stream_alone = on_token is not None and not self.engine.streams_in_batches
+        bound = params.max_new_tokens or self.engine.max_new_tokens
+        job = GenerationJob(key=object() if stream_alone else self.engine.batch_key(params), cost=bound,
+                            ids=ids, params=params, max_new_tokens=bound, on_token=on_token)
+        self.scheduler.submit(job)
+        return job, truncated
 
-    def generate(self, requests: list[tuple[str, GenerationParams]]) -> list[Generation | InferenceError]:
-        """One result per request, same order. Requests with equal parameters run as one batch;
-        a failing batch fails only its own requests."""
-        results: list = [None] * len(requests)
-        groups = defaultdict(list)
-        for index, (_, params) in enumerate(requests):
-            groups[params].append(index)
-        for params, indexes in groups.items():
-            # A seeded sample must not depend on what shares its batch: one prompt per call.
-            size = 1 if params.seed is not None else self.max_batch_size
-            for start in range(0, len(indexes), size):
-                chunk = indexes[start:start + size]
-                try:
-                    outputs = self._generate([requests[i][0] for i in chunk], params)
-                except InferenceError as exc:  # e.g. a parameter this engine cannot honour
-                    outputs = [exc] * len(chunk)
-                except Exception as exc:  # a model failure is this group's 500, not the server's
-                    log.exception("generate failed for %d prompt(s)", len(chunk))
-                    outputs = [InternalError.from_exception("generate", exc)] * len(chunk)
-                for index, output in zip(chunk, outputs):
-                    results[index] = output
-        return results
+    def generate(self, requests: list[tuple[str, GenerationParams]],
+                 deadline: float | None = None) -> list[Generation | InferenceError]:
+        """One result per request, same order, each its own error. Requests from any number of
+        threads are batched together by the scheduler; each is answered when its own sequences
+        end. Past ``deadline`` (time.monotonic()) a request is a 504."""
+        submitted: list = []
+        for prompt, params in requests:
+            try:
+                submitted.append(self.submit(prompt, params))
+            except InferenceError as exc:
+                submitted.append(exc)
+        return [item if isinstance(item, InferenceError) else self._result(*item, params, deadline)
+                for item, (_, params) in zip(submitted, requests)]
 
-    def warm_up(self) -> None:
-        """One real generate on the target device; raises if the model cannot answer."""
-        [result] = self.generate([("warm up", GenerationParams(max_new_tokens=2))])
-        if isinstance(result, Exception):
-            raise result
+    def _result(self, job: GenerationJob, truncated: bool, params: GenerationParams,
+                deadline: float | None) -> Generation | InferenceError:
+        try:
+            sequences = job.future.result(None if deadline is None else max(deadline - time.monotonic(), 0.001))
+        except FutureTimeout:
+            job.future.cancel()
+            return GatewayTimeout("inference did not finish within the model server timeout "
+                                  "(SAGEMAKER_MODEL_SERVER_TIMEOUT)")
+        except InferenceError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a model failure is this request's 500, not the server's
+            return InternalError.from_exception("generate", exc)
+        texts = self.engine.detokenize(sequences)
+        return Generation(tuple(cut_at_stop(t, params.stop) for t in texts), truncated)
+
+    def _run(self, jobs: list[GenerationJob]) -> None:
+        log.debug("batch of %d prompt(s)", len(jobs))
+        self.engine.run(jobs)
 
     def stream(self, prompt: str, params: GenerationParams, timeout: float) -> "TextStream":
         if params.num_beams not in (None, 1) or params.num_return_sequences != 1:
             raise BadRequest("streaming supports one sequence without beam search "
                              "(num_beams 1, num_return_sequences 1)")
-        self.engine.check(params)  # the model is placed: warm_up() ran on the model thread
-        return TextStream(self, prompt, params, timeout)
-
-    def stream_tokens(self, prompt: str, params: GenerationParams, on_token) -> None:
-        [inputs], _ = self._encode([prompt])
-        self.engine.stream(inputs, params, on_token)
+        stream = TextStream(self, params, timeout)
+        stream.attach(self.submit(prompt, params, on_token=stream.put)[0])
+        return stream
 
 
 class TextStream:
-    """Text pieces of one generation. ``run()`` generates (call it on the model's own thread);
-    iterating yields the pieces as they come, cut at the first stop sequence."""
+    """Text pieces of one generation, as its tokens arrive from the engine; iterating yields
+    them, cut at the first stop sequence. Leaving the iteration (done, a stop sequence, or the
+    caller went away) stops the generation."""
 
-    def __init__(self, model: FlanT5Model, prompt: str, params: GenerationParams, timeout: float):
-        self.model, self.prompt, self.params, self.timeout = model, prompt, params, timeout
+    def __init__(self, model: FlanT5Model, params: GenerationParams, timeout: float):
+        self.model, self.params, self.timeout = model, params, timeout
         self.tokens: queue.SimpleQueue = queue.SimpleQueue()  # token ids, then None at the end
         self.cancelled = threading.Event()
-        self.error: BaseException | None = None
+        self.job: GenerationJob | None = None
 
-    def run(self) -> None:
-        try:
-            self.model.stream_tokens(self.prompt, self.params, self._put)
-        except BaseException as exc:
-            log.exception("streaming generate failed")
-            self.error = exc
-        finally:
-            self.tokens.put(None)
+    def attach(self, job: GenerationJob) -> None:
+        self.job = job
+        job.future.add_done_callback(lambda _: self.tokens.put(None))
 
-    def _put(self, token: int) -> bool:
+    def put(self, token: int) -> bool:
         self.tokens.put(token)
         return self.cancelled.is_set()
 
     def cancel(self) -> None:
         self.cancelled.set()
+        if self.job is not None:
+            self.job.future.cancel()  # not started yet: never runs
 
     def _texts(self) -> Iterator[tuple[str, bool]]:
         """(text so far, final): before the end, the text up to its last space (decoding may
@@ -158,8 +175,9 @@ class TextStream:
             ids.append(token)
             text = self.model.engine.detokenize([ids])[0]
             yield text[:max(text.rfind(" "), 0)], False
-        if self.error is not None:
-            raise InternalError.from_exception("generate", self.error)
+        error = None if self.job.future.cancelled() else self.job.future.exception()
+        if error is not None:
+            raise error if isinstance(error, InferenceError) else InternalError.from_exception("generate", error)
         yield self.model.engine.detokenize([ids])[0], True
 
     def __iter__(self) -> Iterator[str]:

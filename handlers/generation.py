@@ -1,6 +1,8 @@
 """Generation parameters: validated once at decode time, hashable so equal ones batch together."""
 
+import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from handlers.errors import BadRequest
@@ -134,6 +136,16 @@ def parse_parameters(raw: Any, *, max_new_tokens_cap: int) -> GenerationParams:
         raise BadRequest(f"parameter 'num_return_sequences' ({returns}) must be <= 'num_beams' "
                          f"({beams}) unless 'do_sample' is true")
     return GenerationParams(**out)
+
+
+def default_max_new_tokens(model_dir: Path, cap: int) -> int:
+    """What a request that does not say may generate: the model's ``generation_config.json``
+    ``max_new_tokens`` (else 64, what the engines use), at most the server's cap."""
+    try:
+        configured = json.loads((model_dir / "generation_config.json").read_text()).get("max_new_tokens")
+    except (OSError, ValueError, AttributeError):
+        configured = None
+    return min(configured if isinstance(configured, int) and configured > 0 else 64, cap)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:

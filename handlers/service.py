@@ -1,11 +1,16 @@
-"""What both HTTP stacks call: decode -> predict (batched across requests) -> encode.
+"""The service a model is served through: decode one request -> predict many -> encode one.
 
+``Service`` declares the hooks ``handlers.pipeline`` runs (LitServe's ``LitAPI`` shape);
 ``load_service`` picks the default Flan-T5 service, or a user script's hooks with our
-defaults filling the gaps.
+defaults filling the gaps. Nothing here knows HTTP or which stack serves.
 """
 
 import json
 import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,33 +19,62 @@ from handlers import codecs, content_types
 from handlers.artifacts import resolve_model_dir
 from handlers.codecs import Generation, Payload
 from handlers.config import HandlerConfig
-from handlers.errors import BadRequest, InferenceError, InternalError, ModelLoadError
-from handlers.flan_t5 import FlanT5Model, TextStream
-from handlers.user_script import UserScript, find_script
+from handlers.engine import use_threads
+from handlers.errors import BadRequest, GatewayTimeout, InferenceError, InternalError, ModelLoadError
+from handlers.flan_t5 import FlanT5Model
+from handlers.scheduler import Job, Scheduler
+from handlers.user_script import Context, UserScript, find_script
 
 log = logging.getLogger(__name__)
 
 
-class Context:
-    """The optional trailing ``context`` argument of user hooks, shaped like MMS's."""
+class Service(ABC):
+    batchable = True  # predict takes payloads of many requests at once (else one by one)
+    streamable = False  # stream() answers as text is generated
 
-    def __init__(self, model_dir: Path, gpu_id: int | None = None):
-        self.model_dir = str(model_dir)
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id}
+    def start(self) -> None:
+        """In the serving process, before the first request: place and warm up the model."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the threads that run the model are alive."""
+        return True
+
+    @abstractmethod
+    def decode(self, body: bytes, content_type: str | None, accept: str | None) -> Any:
+        """A request -> a payload; raises InferenceError (400/406/415) for a bad one."""
+
+    @abstractmethod
+    def predict(self, payloads: list, deadline: float | None = None) -> list:
+        """One result per payload, same order; an InferenceError instance for one that failed.
+        Past ``deadline`` (time.monotonic()) a payload's result is a 504."""
+
+    @abstractmethod
+    def encode(self, result: Any, payload: Any) -> tuple[bytes, str]:
+        """A result -> (body, content type)."""
+
+    def wants_stream(self, payload: Any) -> bool:
+        return False
+
+    def stream(self, payload: Any, timeout: float) -> Iterator[str]:
+        raise BadRequest("this model does not stream")
 
 
-class FlanT5Service:
-    """The default: our codecs around ``FlanT5Model``; payloads from many requests share
-    one ``generate`` when their parameters match."""
+class FlanT5Service(Service):
+    """The default: our codecs around ``FlanT5Model``; every prompt of every request goes to
+    the model's scheduler on its own and is batched with whatever else is running."""
 
-    batchable = True
     streamable = True
 
     def __init__(self, model: FlanT5Model, config: HandlerConfig):
         self.model, self.config = model, config
 
-    def warm_up(self) -> None:
-        self.model.warm_up()
+    def start(self) -> None:
+        self.model.start()
+
+    @property
+    def healthy(self) -> bool:
+        return self.model.scheduler.healthy
 
     def negotiate(self, content_type: str | None, accept: str | None) -> str:
         request_type = content_types.parse(content_type)[0] or content_types.JSON
@@ -50,25 +84,24 @@ class FlanT5Service:
         if content_types.parse(accept)[0] == content_types.EVENT_STREAM:
             payload = codecs.decode(body, content_type, content_types.JSON, self.config.max_new_tokens)
             return replace(payload, stream=True)
-        return codecs.decode(body, content_type, self.negotiate(content_type, accept),
-                             self.config.max_new_tokens)
+        return codecs.decode(body, content_type, self.negotiate(content_type, accept), self.config.max_new_tokens)
 
-    def predict(self, payloads: list[Payload]) -> list[list[Generation] | InferenceError]:
-        """One result per payload, same order; a failure fails only its own payload."""
-        requests = [request for payload in payloads for request in payload.requests]
-        generations = self.model.generate(requests)
+    def predict(self, payloads: list[Payload], deadline: float | None = None) -> list:
+        generations = self.model.generate([r for payload in payloads for r in payload.requests], deadline)
         results, start = [], 0
         for payload in payloads:
             mine = generations[start:start + len(payload.requests)]
             start += len(payload.requests)
-            failed = next((g for g in mine if isinstance(g, InferenceError)), None)
-            results.append(failed or mine)
+            results.append(next((g for g in mine if isinstance(g, InferenceError)), mine))
         return results
 
     def encode(self, result: list[Generation], payload: Payload) -> tuple[bytes, str]:
         return codecs.encode(payload, result)
 
-    def stream(self, payload: Payload, timeout: float) -> TextStream:
+    def wants_stream(self, payload: Payload) -> bool:
+        return payload.stream
+
+    def stream(self, payload: Payload, timeout: float) -> Iterator[str]:
         if len(payload.requests) != 1:
             raise BadRequest("streaming takes exactly one input")
         [(prompt, params)] = payload.requests
@@ -83,7 +116,6 @@ class ScriptPayload:
     data: Any
     accept: str
     content_type: str
-    stream: bool = False
 
 
 def encode_any(value: Any, accept: str) -> tuple[bytes, str]:
@@ -102,18 +134,22 @@ def encode_any(value: Any, accept: str) -> tuple[bytes, str]:
                             f"sent as JSON: {exc}") from None
 
 
-class ScriptService:
+@dataclass(eq=False)
+class HookJob(Job):
+    payload: Any = None
+
+
+class ScriptService(Service):
     """A user script's hooks; any hook it leaves out falls back to ``FlanT5Service``.
 
-    ``mms_style``: ``predict(model, payload)`` gets ``[{"body": bytes}]`` as MMS-based images
-    passed it, instead of the raw bytes flask-based images passed.
+    ``predict_records``: ``predict(model, payload)`` gets ``[{"body": bytes}]`` (the convention
+    of MMS-based images) instead of the raw body (that of flask-based images). The script's
+    own predict hooks run one request at a time on one thread of their own.
     """
 
-    streamable = False
-
     def __init__(self, script: UserScript, model_dir: Path, config: HandlerConfig,
-                 mms_style: bool = False, context: Any = None):
-        self.script, self.config, self.mms_style = script, config, mms_style
+                 predict_records: bool = False, context: Any = None):
+        self.script, self.config, self.predict_records = script, config, predict_records
         self.context = context if context is not None else Context(model_dir)
         has = script.has
         loader = next((h for h in ("model_fn", "load_model") if has(h)), None)
@@ -131,10 +167,16 @@ class ScriptService:
         if self.batchable and self.default is None:
             raise ModelLoadError(f"{script.path.name} loads its own model with {loader} but defines "
                                  "no predict_fn, predict or transform_fn to run it")
+        self.hooks = Scheduler(self._run_hooks, max_size=1, name="user script")
 
-    def warm_up(self) -> None:
+    def start(self) -> None:
+        self.hooks.start(lambda: use_threads(self.config.threads))
         if self.default is not None and self.batchable:
-            self.default.warm_up()
+            self.default.start()
+
+    @property
+    def healthy(self) -> bool:
+        return self.hooks.healthy and (self.default is None or not self.batchable or self.default.healthy)
 
     def decode(self, body: bytes, content_type: str | None, accept: str | None) -> ScriptPayload:
         media_type = content_types.parse(content_type)[0] or content_types.JSON
@@ -162,23 +204,35 @@ class ScriptService:
             return content_types.JSON
         return self.default.negotiate(content_type, accept)
 
-    def predict(self, payloads: list[ScriptPayload]) -> list:
+    def predict(self, payloads: list[ScriptPayload], deadline: float | None = None) -> list:
         if self.batchable:
-            return self.default.predict([p.data for p in payloads])
+            return self.default.predict([p.data for p in payloads], deadline)
+        if not self.hooks.ready.is_set():
+            self.start()
         results = []
-        for payload in payloads:
+        for payload in payloads:  # each on the hooks' own thread, one at a time
+            job = HookJob(key=object(), payload=payload)
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
-                results.append(self._predict_one(payload))
+                results.append(self.hooks.submit(job).result(timeout))
+            except FutureTimeout:
+                job.future.cancel()
+                results.append(GatewayTimeout("the user script did not answer within the model server "
+                                              "timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)"))
             except InferenceError as exc:
                 results.append(exc)
         return results
+
+    def _run_hooks(self, jobs: list["HookJob"]) -> None:
+        for job in jobs:
+            job.future.set_result(self._predict_one(job.payload))
 
     def _predict_one(self, payload: ScriptPayload) -> Any:
         call, ctx = self.script.call, self.context
         if self.script.has("transform_fn"):
             return call("transform_fn", self.model, payload.data, payload.content_type,
                         payload.accept, context=ctx)
-        if self.raw and self.mms_style:
+        if self.raw and self.predict_records:
             result = call("predict", self.model, [{"body": payload.data}], context=ctx)
             return result[0] if isinstance(result, list) and len(result) == 1 else result
         if self.raw:
@@ -195,12 +249,15 @@ class ScriptService:
         return encode_any(result, payload.accept)
 
 
-def load_service(model_dir, config: HandlerConfig | None = None, *, mms_style: bool = False,
-                 context: Any = None):
-    """The service for ``model_dir`` (or a model.tar.gz): user script if present, else Flan-T5."""
+def load_service(model_dir, config: HandlerConfig | None = None, *, predict_records: bool = False,
+                 context: Any = None) -> Service:
+    """The service for ``model_dir`` (or a model.tar.gz): user script if present, else Flan-T5.
+    Loads without running the model or starting a thread (a process may fork next); the
+    serving process calls ``start()``. (A server also makes its config the process's default,
+    ``handlers.config.use``, so that a user script calling ``handlers.load_model`` gets it.)"""
     config = config or HandlerConfig()
     path = resolve_model_dir(model_dir)
     script_path = find_script(path, config.program, config.submit_dir)
     if script_path is None:
         return FlanT5Service(FlanT5Model.load(path, config), config)
-    return ScriptService(UserScript(script_path), path, config, mms_style, context)
+    return ScriptService(UserScript(script_path), path, config, predict_records, context)

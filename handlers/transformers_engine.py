@@ -1,7 +1,8 @@
 """The transformers engine: a seq2seq model on torch, run with ``model.generate``."""
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from transformers.generation.streamers import BaseStreamer
 from handlers.artifacts import check_model_dir, weight_file
 from handlers.config import HandlerConfig
 from handlers.errors import ModelLoadError
+from handlers.engine import GenerationJob, use_threads
 from handlers.generation import GenerationParams
 from handlers.tokenizer import splits_at_spaces
 
@@ -65,9 +67,12 @@ class TransformersEngine:
     ``place()`` and run it (torch's thread pool and CUDA do not survive a fork)."""
 
     name = "transformers"
+    lanes = 1  # torch runs one generate at a time here, with all its threads
+    streams_in_batches = False  # a stream runs in a generate of its own
 
-    def __init__(self, model, tokenizer, device: torch.device):
-        self.model, self.tokenizer, self.device = model, tokenizer, device
+    def __init__(self, model, tokenizer, device: torch.device, threads: int | None):
+        self.model, self.tokenizer, self.device, self.threads = model, tokenizer, device, threads
+        self.max_new_tokens = model.generation_config.max_new_tokens
         self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self.splits_at_spaces = backend is not None and splits_at_spaces(backend)
@@ -88,23 +93,32 @@ class TransformersEngine:
         except Exception as exc:
             raise ModelLoadError(f"cannot load the tokenizer from {path} (tokenizer.json / spiece.model):"
                                  f" {type(exc).__name__}: {exc}") from exc
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # no OpenMP thread team while loading: this process may fork next
         try:
             model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"cannot load weights from {weight_file(path)}: "
                                  f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            torch.set_num_threads(threads)
         model.eval()
         default_new = model.generation_config.max_new_tokens or 64
         model.generation_config.max_new_tokens = min(default_new, config.max_new_tokens)
         model.generation_config.max_length = None
         log.info("loaded %s (%s, %.1fM parameters, %s on %s)", path, type(model).__name__,
                  model.num_parameters() / 1e6, dtype, device)
-        return cls(model, tokenizer, device)
+        return cls(model, tokenizer, device, config.threads)
 
     def place(self) -> None:
-        if not self._placed:  # torch's threads: OMP_NUM_THREADS, or what the stack sets
+        """On the thread that runs every generate (OpenMP keeps a thread team per thread)."""
+        use_threads(self.threads)
+        if not self._placed:
             self.model.to(self.device)
             self._placed = True
+
+    def close(self) -> None:
+        """Nothing to free before the interpreter exits."""
 
     def tokenize(self, texts: list[str], special: bool = True) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=special)["input_ids"]
@@ -122,21 +136,25 @@ class TransformersEngine:
                 "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in inputs],
                                                device=self.device)}
 
-    @torch.inference_mode()
-    def generate(self, inputs: list[list[int]], params: GenerationParams) -> list[list[int]]:
-        """``num_return_sequences`` generated id lists per input (input-major), without the
-        decoder's start token, the closing ``</s>`` and padding."""
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        output = self.model.generate(**self._tensors(inputs), **params.generate_kwargs())
-        rows = [row[1:] for row in output.tolist()]
-        return [row[:row.index(self.eos_token_id)] if self.eos_token_id in row else row for row in rows]
+    def batch_key(self, params: GenerationParams) -> Hashable:
+        """Equal parameters share a ``generate`` call (stop sequences are cut afterwards); a
+        seeded sample runs alone, so that what shares its batch cannot change it."""
+        return object() if params.seed is not None else replace(params, stop=())
 
     @torch.inference_mode()
-    def stream(self, inputs: list[int], params: GenerationParams, on_token: Callable[[int], bool]) -> None:
-        """Generate for one input, calling ``on_token(id)`` per token until it returns True."""
+    def run(self, jobs: list[GenerationJob]) -> None:
+        """One ``model.generate`` for the batch (a stream runs alone: its key is its own)."""
+        params = jobs[0].params
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        callback = TokenCallback(on_token)
-        self.model.generate(**self._tensors([inputs]), **params.generate_kwargs(), streamer=callback,
-                            stopping_criteria=[callback])
+        kwargs = {**params.generate_kwargs(), "max_new_tokens": max(job.max_new_tokens for job in jobs)}
+        streams = [job for job in jobs if job.on_token is not None]
+        if streams:
+            callback = TokenCallback(streams[0].on_token)
+            kwargs.update(streamer=callback, stopping_criteria=[callback])
+        output = self.model.generate(**self._tensors([job.ids for job in jobs]), **kwargs)
+        rows = [row[1:] for row in output.tolist()]
+        rows = [row[:row.index(self.eos_token_id)] if self.eos_token_id in row else row for row in rows]
+        n = params.num_return_sequences
+        for i, job in enumerate(jobs):
+            job.finish(rows[i * n:(i + 1) * n])

@@ -60,6 +60,15 @@ def report_requirements(code_dir: Path) -> None:
                     requirements, ", ".join(missing))
 
 
+class Context:
+    """The optional trailing ``context`` argument of user hooks, as sagemaker-inference scripts
+    read it (``context.system_properties["model_dir"]``); MMS passes its own."""
+
+    def __init__(self, model_dir: Path, gpu_id: int | None = None):
+        self.model_dir = str(model_dir)
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id}
+
+
 class UserScript:
     """An imported user module and the hooks it defines."""
 

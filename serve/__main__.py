@@ -1,7 +1,8 @@
 """``serve`` / ``python -m serve``: start the model server SageMaker expects.
 
-The flask stack (nginx -> gunicorn -> flask) by default; the MMS stack for multi-model
-endpoints (SAGEMAKER_MULTI_MODEL=true) or when SERVING_STACK=mms.
+nginx -> gunicorn -> the app (serve/app.py) always; behind the app, the model in-process by
+default, or multi-model-server for multi-model endpoints (SAGEMAKER_MULTI_MODEL=true) and
+when SERVING_STACK=mms.
 """
 
 import argparse
@@ -10,9 +11,10 @@ import os
 import shutil
 import sys
 
-from handlers.config import ConfigError, HandlerConfig
-from serve import logs
-from serve.settings import Settings, first_unreadable
+from contract import logs
+from contract.settings import Settings, first_unreadable
+from handlers.config import ConfigError
+from serve.supervisor import Supervisor
 
 log = logging.getLogger("serve")
 
@@ -27,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
     try:
         settings = Settings.from_env(os.environ, args.model_dir)
-        HandlerConfig.from_env(os.environ)  # INFERENCE_BACKEND and friends: fail here, not in a worker
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
@@ -37,15 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                   "(SageMaker does), or make the model readable by this uid (chmod -R a+rX on the host "
                   "dir; in Kubernetes, fsGroup)", unreadable, os.geteuid(), os.getegid())
         return 2
-    if settings.stack == "mms":
-        if not shutil.which("java"):
-            log.error("the multi-model stack (SAGEMAKER_MULTI_MODEL=true or SERVING_STACK=mms) runs on "
-                      "multi-model-server, which needs Java: this image has none (the GPU image serves "
-                      "single models; use the CPU image for multi-model endpoints)")
-            return 2
-        from container.mms_server import run
-        return run(settings)
-    from serve.supervisor import Supervisor
+    if settings.stack == "mms" and not shutil.which("java"):
+        log.error("the multi-model stack (SAGEMAKER_MULTI_MODEL=true or SERVING_STACK=mms) runs on "
+                  "multi-model-server, which needs Java: this image has none (the GPU image serves "
+                  "single models; use the CPU image for multi-model endpoints)")
+        return 2
     try:
         return Supervisor(settings).run()
     except ConfigError as exc:

@@ -1,210 +1,187 @@
-"""The flask app: /ping, /invocations, /execution-parameters over one model-owning batcher."""
+"""The one WSGI app behind nginx, on both stacks: SageMaker's paths over a backend.
+
+    LocalBackend (serve/local.py): the single model in this process (the default stack);
+    MmsBackend (container/backend.py): models in multi-model-server's worker processes
+        (multi-model endpoints, and SERVING_STACK=mms).
+
+The paths, their methods and the contract's own answers are ``contract.routes``'; a backend
+answers requests for models. ``init(settings, backend)`` is called once per process.
+"""
 
 import json
 import logging
-import os
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import replace
+from typing import Protocol
 
 from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
 
-from handlers import HandlerConfig, load_service
-from handlers.codecs import Payload
-from handlers.content_types import EVENT_STREAM, JSONLINES, parse
-from werkzeug.exceptions import HTTPException, MethodNotAllowed as WerkzeugMethodNotAllowed
-
-from handlers.errors import (GatewayTimeout, InferenceError, InternalError, MethodNotAllowed,
-                             NotFound, PayloadTooLarge, ServiceUnavailable)
-from serve.batcher import Batcher
-from serve.settings import Settings
+from contract import routes
+from contract.settings import Settings
+from handlers.errors import BadRequest, InferenceError, InternalError, PayloadTooLarge, ServiceUnavailable
+from handlers.pipeline import Request, Response as Answer
 
 log = logging.getLogger("serve.app")
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+app = Flask("serve", static_folder=None)
+settings = Settings()
+backend = None
 
 
-def set_torch_threads(config: HandlerConfig, threads: int) -> None:
-    """transformers backend: torch's threads in this process (for user scripts' models too).
-    The ctranslate2 backend takes ``config.threads`` per Translator and never imports torch."""
-    if config.backend == "transformers":
-        import torch
-        torch.set_num_threads(threads)
+class Backend(Protocol):
+    def not_ready(self) -> str | None:
+        """None when a request would be served now, else why not."""
+
+    def invoke(self, name: str | None, request: Request, deadline: float) -> Answer:
+        """Run ``request`` on model ``name`` (None: the single model)."""
+
+    # Multi-model endpoints only:
+    def load(self, name, url) -> dict: ...
+    def unload(self, name: str) -> dict: ...
+    def describe(self, name: str) -> dict: ...
+    def models(self) -> list[dict]: ...
 
 
-def error_response(error: InferenceError, headers: dict | None = None) -> Response:
+def init(new_settings: Settings, new_backend: Backend) -> Flask:
+    global settings, backend
+    settings, backend = new_settings, new_backend
+    return app
+
+
+def rid() -> str:
+    return request.headers.get("X-Request-Id", "-")
+
+
+def json_response(value, status: int = 200) -> Response:
+    return Response(json.dumps(value), status=status, mimetype="application/json")
+
+
+def ping():
+    reason = backend.not_ready()
+    if reason:
+        raise ServiceUnavailable(f"model is not ready: {reason}")
+    return Response(routes.PING_OK, mimetype="application/json")
+
+
+def execution_parameters():
+    return json_response(routes.execution_parameters(settings))
+
+
+def invocations():
+    name = None
+    if settings.multi_model:
+        name = request.headers.get(routes.TARGET_MODEL)
+        if not name:
+            raise BadRequest(f"this is a multi-model endpoint: name the model in the {routes.TARGET_MODEL} "
+                             "header or POST /models/{name}/invoke")
+    return run(name)
+
+
+def invoke(name: str):
+    return run(name)
+
+
+def models():
+    if request.method == "GET":
+        return list_models()
+    raw = read_body()
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise BadRequest('POST /models takes a JSON body {"model_name": ..., "url": ...}') from None
+        if not isinstance(body, dict):
+            raise BadRequest('POST /models takes a JSON object {"model_name": ..., "url": ...}')
+    else:  # MMS's query-parameter form
+        body = request.args.to_dict()
+    if "model_name" not in body or "url" not in body:
+        raise BadRequest("POST /models needs model_name and url")
+    return json_response(backend.load(body["model_name"], body["url"]))
+
+
+def list_models(default_size: int = 100, max_size: int = 1000):
+    size_raw = request.args.get("page_size") or request.args.get("limit") or str(default_size)
+    token_raw = request.args.get("next_page_token") or "0"
+    if not size_raw.isdigit() or not 1 <= int(size_raw) <= max_size:
+        raise BadRequest(f"page_size must be an integer from 1 to {max_size}")
+    if not token_raw.isdigit():
+        raise BadRequest("invalid next_page_token")
+    start, size = int(token_raw), int(size_raw)
+    loaded = backend.models()
+    out = {"models": [{"modelName": d["modelName"], "modelUrl": d["modelUrl"]} for d in loaded[start:start + size]]}
+    if start + size < len(loaded):
+        out["next_page_token"] = str(start + size)
+    return json_response(out)
+
+
+def model(name: str):
+    return json_response(backend.describe(name) if request.method == "GET" else backend.unload(name))
+
+
+for _route in routes.ROUTES:  # the contract's table is the one list of paths
+    app.add_url_rule(_route.rule, _route.endpoint, globals()[_route.endpoint], methods=_route.methods,
+                     provide_automatic_options=False)
+
+
+def read_body() -> bytes:
+    cap = settings.max_payload_bytes
+    if (request.content_length or 0) > cap:
+        raise PayloadTooLarge(f"request body is larger than {cap} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    body = request.get_data(cache=False)
+    if len(body) > cap:
+        raise PayloadTooLarge(f"request body is larger than {cap} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+    return body
+
+
+def run(name: str | None) -> Response:
+    """A request for a model, through the backend; the caller's custom attributes come back."""
+    started = time.monotonic()
+    body = read_body()
+    headers = request.headers
+    answer = backend.invoke(name, Request(body, headers.get("Content-Type"), headers.get("Accept"),
+                                          tuple(headers.items())), started + settings.timeout_s)
+    response = Response(answer.body, status=answer.status, content_type=answer.content_type,
+                        headers=answer.headers)
+    if routes.CUSTOM_ATTRIBUTES in headers:
+        response.headers[routes.CUSTOM_ATTRIBUTES] = headers[routes.CUSTOM_ATTRIBUTES]
+    if answer.status >= 400:
+        log.warning("rid=%s %s %s -> %d (%s bytes in)", rid(), request.method, request.path, answer.status,
+                    request.content_length or 0)
+    return response
+
+
+@app.before_request
+def known_paths_only():
+    """A path the contract does not list (or a multi-model path on a single-model endpoint) is
+    404, whatever the method."""
+    if routes.route_of(request.path, settings.multi_model) is None:
+        raise routes.not_found(request.path, settings.multi_model)
+
+
+@app.errorhandler(InferenceError)
+def inference_error(error: InferenceError):
+    # The message may quote the body (a parameter's value): only at DEBUG, never at INFO.
+    log.warning("rid=%s %s %s -> %d %s (%s bytes in)", rid(), request.method, request.path,
+                error.status, type(error).__name__, request.content_length or 0)
+    log.debug("rid=%s %s", rid(), error.message)
+    headers = {}
+    if error.status == 405:
+        headers["Allow"] = routes.route_of(request.path, settings.multi_model).allowed
     return Response(error.body(), status=error.status, mimetype="application/json", headers=headers)
 
 
-def not_allowed_response(method: str, path: str, allowed) -> Response:
-    """405 with ``Allow``: the same answer the MMS front gives (nginx's own 405 too)."""
-    allow = ", ".join(sorted(allowed))
-    error = MethodNotAllowed(f"{method} is not allowed on {path}; allowed: {allow}")
-    return error_response(error, {"Allow": allow})
+@app.errorhandler(HTTPException)
+def http_error(exc: HTTPException):
+    route = routes.route_of(request.path, settings.multi_model)
+    if exc.code == 405 and route is not None:
+        return inference_error(routes.not_allowed(request.method, request.path, route))
+    if exc.code == 404 or route is None:
+        return inference_error(routes.not_found(request.path, settings.multi_model))
+    error = InferenceError(exc.description or exc.name)
+    error.status = exc.code or 500
+    return inference_error(error)
 
 
-class ModelServer:
-    """The model for one worker process: loaded (maybe in the gunicorn master, no compute),
-    then placed, warmed up and run on the batcher's own thread in the worker. No torch here:
-    the engine (INFERENCE_BACKEND) imports what it needs."""
-
-    def __init__(self, settings: Settings, env=os.environ):
-        self.settings = settings
-        # CTranslate2's threads per worker: cores / workers (INFERENCE_TORCH_THREADS), as torch's.
-        self.config = replace(HandlerConfig.from_env(env), threads=settings.torch_threads)
-        self.service = None
-        self.batcher: Batcher | None = None
-
-    def load(self) -> None:
-        started = time.monotonic()
-        self.service = load_service(self.settings.model_dir, self.config)
-        log.info("model loaded from %s in %.2f s", self.settings.model_dir, time.monotonic() - started)
-
-    def start(self) -> Batcher:
-        """In the worker: start the model thread (load if not preloaded, place, warm up)."""
-        self.batcher = Batcher(self, self.config.max_batch_size, self.settings.max_batch_wait_ms / 1000,
-                               on_fatal=self._fatal)
-        self.batcher.start(self._prepare)
-        return self.batcher
-
-    def predict(self, payloads):  # the batcher calls this on the model thread
-        return self.service.predict(payloads)
-
-    def _prepare(self) -> None:
-        set_torch_threads(self.config, self.settings.torch_threads)
-        if self.service is None:
-            self.load()
-        started = time.monotonic()
-        self.service.warm_up()
-        log.info("model warmed up in %.2f s (%s backend, %d threads); ready", time.monotonic() - started,
-                 self.config.backend, self.config.threads)
-
-    def _fatal(self, reason: str) -> None:
-        # Gunicorn halts the whole server when a worker exits with 4 (APP_LOAD_ERROR), so the
-        # supervisor exits non-zero instead of answering 503 forever.
-        log.critical("model cannot serve (%s): stopping", reason)
-        logging.shutdown()
-        os._exit(4)
-
-
-def create_app(settings: Settings, preload: bool = True) -> Flask:
-    app = Flask("serve", static_folder=None)
-    server = ModelServer(settings)
-    if preload:
-        set_torch_threads(server.config, 1)  # no torch thread pool in a process that will fork
-        server.load()  # reads the model, runs nothing (CTranslate2 builds its Translator in the worker)
-    app.extensions["model_server"] = server
-
-    def rid() -> str:
-        return request.headers.get("X-Request-Id", "-")
-
-    # No automatic OPTIONS (flask's 200 with an empty text/html body): a method a path does
-    # not serve is 405 with Allow. HEAD answers like GET, without a body.
-    @app.get("/ping", provide_automatic_options=False)
-    def ping():
-        batcher = server.batcher
-        if batcher is not None and batcher.healthy:
-            return Response(b'{"status": "healthy"}', mimetype="application/json")
-        status = batcher.status() if batcher else "starting"
-        return Response(json.dumps({"error": f"model is not ready: {status}", "code": 503}),
-                        status=503, mimetype="application/json")
-
-    @app.get("/execution-parameters", provide_automatic_options=False)
-    def execution_parameters():
-        return {"MaxConcurrentTransforms": max(2, settings.workers * 2),
-                "BatchStrategy": "MULTI_RECORD",
-                "MaxPayloadInMB": settings.max_payload_bytes // (1024 * 1024)}
-
-    @app.post("/invocations", provide_automatic_options=False)
-    def invocations():
-        started = time.monotonic()
-        if (request.content_length or 0) > settings.max_payload_bytes:
-            raise PayloadTooLarge(f"request body is larger than {settings.max_payload_bytes} bytes "
-                                  "(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
-        body = request.get_data(cache=False)
-        if len(body) > settings.max_payload_bytes:
-            raise PayloadTooLarge(f"request body is larger than {settings.max_payload_bytes} bytes "
-                                  "(SAGEMAKER_MAX_PAYLOAD_IN_MB)")
-        accept = request.headers.get("Accept")
-        if server.batcher is None or not server.batcher.healthy:
-            status = server.batcher.status() if server.batcher else "starting"
-            raise ServiceUnavailable(f"model is not ready: {status}")
-        service = server.service
-        payload = service.decode(body, request.headers.get("Content-Type"), accept)
-        if wants_stream(payload, accept) and getattr(service, "streamable", False):
-            response = stream_response(payload, accept)
-        else:
-            response = complete_response(payload, started)
-        if CUSTOM_ATTRIBUTES in request.headers:
-            response.headers[CUSTOM_ATTRIBUTES] = request.headers[CUSTOM_ATTRIBUTES]
-        return response
-
-    def wants_stream(payload, accept: str | None) -> bool:
-        return bool(getattr(payload, "stream", False)) or parse(accept)[0] == EVENT_STREAM
-
-    def complete_response(payload, started: float) -> Response:
-        size = len(payload.requests) if isinstance(payload, Payload) else 1
-        future = server.batcher.submit(payload, size)
-        remaining = settings.timeout_s - (time.monotonic() - started)
-        try:
-            result = future.result(timeout=max(remaining, 0.001))
-        except FutureTimeout:
-            future.cancel()
-            raise GatewayTimeout(f"inference did not finish within {settings.timeout_s} s "
-                                 "(SAGEMAKER_MODEL_SERVER_TIMEOUT)") from None
-        if isinstance(result, InferenceError):
-            raise result
-        body, content_type = server.service.encode(result, payload)
-        return Response(body, content_type=content_type)
-
-    def stream_response(payload, accept: str | None) -> Response:
-        media_type = JSONLINES if parse(accept)[0] == JSONLINES else EVENT_STREAM
-        stream = server.service.stream(payload, timeout=settings.timeout_s)
-        server.batcher.submit_stream(stream)
-        request_id = rid()
-
-        def frame(obj) -> bytes:
-            text = json.dumps(obj, ensure_ascii=False)
-            return (f"data: {text}\n\n" if media_type == EVENT_STREAM else text + "\n").encode()
-
-        def chunks():
-            text = ""
-            try:
-                for piece in stream:
-                    text += piece
-                    yield frame({"token": {"text": piece}})
-                yield frame({"generated_text": text})
-            except InferenceError as exc:
-                log.warning("rid=%s stream ended with %s", request_id, exc.message)
-                yield frame({"error": exc.message, "code": exc.status})
-            finally:
-                stream.cancel()
-
-        return Response(chunks(), content_type=media_type, headers={"X-Accel-Buffering": "no",
-                                                                    "Cache-Control": "no-cache"})
-
-    @app.errorhandler(InferenceError)
-    def inference_error(error: InferenceError):
-        # The message may quote the body (a parameter's value): only at DEBUG, never at INFO.
-        log.warning("rid=%s %s %s -> %d %s (%s bytes in)", rid(), request.method, request.path,
-                    error.status, type(error).__name__, request.content_length or 0)
-        log.debug("rid=%s %s", rid(), error.message)
-        return error_response(error)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        if isinstance(exc, WerkzeugMethodNotAllowed):
-            return not_allowed_response(request.method, request.path, exc.valid_methods or ())
-        if exc.code == 404:
-            error = NotFound(f"no such path: {request.path} (this server answers /ping, "
-                             "/execution-parameters and /invocations)")
-        else:
-            error = InferenceError(exc.description or exc.name)
-            error.status = exc.code or 500
-        return error_response(error)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        log.exception("rid=%s %s %s failed", rid(), request.method, request.path)
-        return error_response(InternalError.from_exception(request.path, exc))
-
-    return app
+@app.errorhandler(Exception)
+def unexpected(exc: Exception):
+    log.exception("rid=%s %s %s failed", rid(), request.method, request.path)
+    return inference_error(InternalError.from_exception(request.path, exc))

@@ -1,9 +1,9 @@
-"""Gunicorn settings, all derived from serve.settings.Settings (passed by the supervisor).
+"""Gunicorn settings, all derived from contract.settings.Settings (passed by the supervisor).
 
-The master may load the model (``preload_app``) but never runs it: torch's thread pool,
-CTranslate2's threads and CUDA do not survive a fork. Each worker then starts its model
-thread, which places the model (CTranslate2: builds its Translator) and warms up before /ping
-says 200.
+Gunicorn imports the app (``serve.wsgi``) in its master when ``preload_app``: the model's files
+are read there once and the workers share them, but nothing runs the model before the fork
+(``handlers.engine.loads_before_fork``). Each worker starts its backend, which must be ready
+before the worker takes requests: /ping says 200 only then.
 """
 
 import json
@@ -11,34 +11,21 @@ import os
 
 from gunicorn import util as gunicorn_util
 
-from handlers.config import HandlerConfig
-from serve import logs
-from serve.settings import Settings
+from contract import logs
+from contract.settings import KEEPALIVE_S, Settings
+from handlers.engine import loads_before_fork
 
 _settings = Settings.from_json(os.environ["SERVE_SETTINGS"])
 
-
-def _preload() -> bool:
-    """transformers: load the weights once in the master (shared copy-on-write), unless CUDA is
-    there (it cannot cross a fork: each worker loads its own). ctranslate2: the master only
-    checks the files; each worker builds its own Translator. No torch for ctranslate2."""
-    if HandlerConfig.from_env(os.environ).backend != "transformers":
-        return True
-    # Ask whether a GPU exists without initialising CUDA here.
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    import torch
-    return not torch.cuda.is_available()
-
-
 bind = os.environ["SERVE_UPSTREAM"]
-workers = _settings.workers
+# The multi-model stack's app holds the registry of loaded models: one process, many threads.
+workers = _settings.workers if _settings.stack == "flask" else 1
 worker_class = "gthread"
 threads = _settings.http_threads
-preload_app = _preload()
-os.environ["SERVE_PRELOAD"] = "1" if preload_app else "0"
-timeout = _settings.timeout_s + 10  # after the app's own 504 (timeout_s) and nginx's (+5)
-graceful_timeout = 25  # inside SageMaker's 30 s between SIGTERM and SIGKILL
-keepalive = 75
+preload_app = _settings.stack == "flask" and loads_before_fork(_settings.handler)
+timeout = _settings.worker_timeout_s
+graceful_timeout = _settings.drain_s
+keepalive = KEEPALIVE_S
 accesslog = None  # nginx logs each request once, with its request id
 logconfig_dict = logs.gunicorn_logconfig(_settings.log_level)
 loglevel = _settings.log_level.lower()
@@ -47,10 +34,12 @@ control_socket_disable = True  # its default path is shared by every gunicorn on
 
 
 def post_worker_init(worker):
-    """Accept requests only once this worker's model is warm (until then they wait in the
+    """Accept requests only once this worker's backend is ready (until then they wait in the
     socket's backlog or go to a ready worker), telling the arbiter meanwhile that we live."""
-    batcher = worker.wsgi.extensions["model_server"].start()
-    while not batcher.ready.wait(1):
+    from serve import wsgi
+
+    ready = wsgi.backend.start()
+    while not ready.wait(1):
         worker.notify()
 
 

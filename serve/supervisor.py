@@ -1,8 +1,10 @@
-"""Starts nginx and gunicorn, forwards SIGTERM/SIGINT, and exits as soon as either dies.
+"""Starts nginx, gunicorn and (multi-model stack) multi-model-server, forwards SIGTERM/SIGINT,
+and exits as soon as any of them dies.
 
 Stopping: nginx quits gracefully first (stops accepting, finishes every request it has
-accepted), then gunicorn; both within SageMaker's 30 s. A child that dies on its own takes
-the whole server down with a non-zero exit: a crash never looks healthy.
+accepted), then gunicorn, then multi-model-server and every process of its group; all within
+SageMaker's 30 s (``Settings.stop_deadline_s``). A child that dies on its own takes the whole
+server down with a non-zero exit: a crash never looks healthy.
 """
 
 import contextlib
@@ -15,14 +17,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from contract import routes
+from contract.settings import KEEPALIVE_S, REPO_ROOT, Settings
+from handlers.artifacts import resolve_model_dir
 from handlers.config import ConfigError
-from serve.settings import REPO_ROOT, Settings
+from handlers.errors import InferenceError
 
 log = logging.getLogger("serve")
 NGINX_TEMPLATE = REPO_ROOT / "nginx.conf"
-STOP_WINDOW_S = 28
 
 
 def bind_in_range(sock: socket.socket, low: int, high: int, host: str = "127.0.0.1") -> None:
@@ -45,10 +50,14 @@ def render_nginx(settings: Settings, runtime_dir: Path, upstream: str) -> Path:
         "port": str(settings.port),
         "upstream": upstream,
         "max_payload_bytes": str(settings.max_payload_bytes),
-        "proxy_read_timeout": str(settings.timeout_s + 5),
+        "proxy_read_timeout": str(settings.proxy_timeout_s),
+        "load_timeout": str(settings.load_request_timeout_s),
         # A client that cannot send its request within the request timeout cannot be
         # answered within it either.
         "client_timeout": str(settings.timeout_s),
+        "keepalive": str(KEEPALIVE_S),
+        "allowed_methods": routes.nginx_methods_map(settings.multi_model),
+        "served_paths": routes.served_paths(settings.multi_model),
     }
     text = NGINX_TEMPLATE.read_text()
     for name, value in values.items():
@@ -83,6 +92,7 @@ class Supervisor:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="serve-"))
         self.stopping = False
         self.children: dict[str, subprocess.Popen] = {}
+        self.mms = None
 
     def listen(self) -> tuple[socket.socket, str]:
         """The socket gunicorn serves on, bound here so that requests arriving while gunicorn
@@ -100,24 +110,33 @@ class Supervisor:
         sock.listen(2048)
         return sock, address
 
+    def start_mms(self, env: dict) -> None:
+        """multi-model-server (Java) on a private port, up before the app that talks to it."""
+        from container.mms_process import MmsProcess
+        s = self.settings
+        store = Path(s.model_dir).parent if not s.multi_model else Path(s.model_root)
+        self.mms = MmsProcess(s)
+        self.mms.start(store, s.port, lambda: self.stopping)
+        self.children["multi-model-server"] = self.mms.java
+        env["SERVE_MMS"] = self.mms.describe()
+
     def start(self) -> None:
         s = self.settings
         sock, upstream = self.listen()
         conf = render_nginx(s, self.runtime_dir, upstream)
         self.children["nginx"] = subprocess.Popen([find_nginx(), "-c", str(conf), "-p", str(self.runtime_dir)])
-        env = dict(os.environ,
-                   SERVE_SETTINGS=s.to_json(),
-                   SERVE_UPSTREAM=f"fd://{sock.fileno()}",
-                   OMP_NUM_THREADS=str(s.torch_threads),
-                   TOKENIZERS_PARALLELISM="false",
-                   HF_HUB_OFFLINE="1")
+        env = dict(os.environ, SERVE_SETTINGS=s.to_json(), SERVE_UPSTREAM=f"fd://{sock.fileno()}",
+                   TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+        if s.stack == "mms":
+            self.start_mms(env)
         self.children["gunicorn"] = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf", "serve.wsgi:app"],
             env=env, cwd=REPO_ROOT, pass_fds=(sock.fileno(),))
         sock.close()
-        log.info("serving %s on %s:%d (nginx -> gunicorn at %s, %d worker(s) x %d threads, "
-                 "%d torch threads, timeout %d s, payload cap %d bytes)", s.model_dir, s.bind_host,
-                 s.port, upstream, s.workers, s.http_threads, s.torch_threads, s.timeout_s,
+        backend = "multi-model-server" if s.stack == "mms" else "the model in the app"
+        log.info("serving %s on %s:%d (nginx -> gunicorn at %s -> %s; %d worker(s) x %d engine thread(s), "
+                 "timeout %d s, payload cap %d bytes)", "models from " + s.model_root if s.multi_model else s.model_dir,
+                 s.bind_host, s.port, upstream, backend, s.workers, s.handler.threads, s.timeout_s,
                  s.max_payload_bytes)
 
     def request_stop(self, signum, _frame) -> None:
@@ -126,7 +145,9 @@ class Supervisor:
             self.stopping = True
 
     def _wait(self, name: str, deadline: float) -> None:
-        child = self.children[name]
+        child = self.children.get(name)
+        if child is None:
+            return
         try:
             child.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
@@ -139,20 +160,35 @@ class Supervisor:
                     os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        deadline = time.monotonic() + STOP_WINDOW_S
-        nginx, gunicorn = self.children["nginx"], self.children["gunicorn"]
-        if nginx.poll() is None:
-            nginx.send_signal(signal.SIGQUIT)  # graceful: finish accepted requests
-        self._wait("nginx", deadline - 3)
-        if gunicorn.poll() is None:
-            gunicorn.send_signal(signal.SIGTERM)  # graceful: workers finish in-flight requests
-        self._wait("gunicorn", deadline)
+        """nginx (finishes what it accepted), gunicorn (its workers finish theirs), then
+        multi-model-server: each within its share of the stop window."""
+        deadline = time.monotonic() + self.settings.stop_deadline_s
+        java_s = self.settings.java_stop_s
+        for name, sig, until in (("nginx", signal.SIGQUIT, deadline - java_s - 3),
+                                 ("gunicorn", signal.SIGTERM, deadline - java_s)):
+            child = self.children.get(name)
+            if child is not None and child.poll() is None:
+                child.send_signal(sig)
+            self._wait(name, until)
+        if self.mms is not None:
+            self.mms.stop(deadline)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         try:
-            self.start()
+            try:
+                self.settings = replace(self.settings, model_dir=str(resolve_model_dir(self.settings.model_dir))) \
+                    if not self.settings.multi_model else self.settings  # a model.tar.gz: extracted once, here
+            except InferenceError as exc:
+                log.error("cannot serve %s: %s", self.settings.model_dir, exc.message)
+                return 1
+            try:
+                self.start()
+            except RuntimeError as exc:  # multi-model-server did not come up
+                log.error("%s", exc)
+                self.stop()
+                return 1
             while not self.stopping:
                 for name, child in self.children.items():
                     code = child.poll()

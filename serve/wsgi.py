@@ -1,9 +1,17 @@
-"""The WSGI app gunicorn serves. Settings come from the supervisor, read once."""
+"""The WSGI app gunicorn serves, over the backend the settings choose; settings come from the
+supervisor, read once."""
 
 import os
 
-from serve.app import create_app
-from serve.settings import Settings
+from contract.settings import Settings
+from serve import app as front
 
 settings = Settings.from_json(os.environ["SERVE_SETTINGS"])
-app = create_app(settings, preload=os.environ.get("SERVE_PRELOAD", "1") == "1")
+if settings.stack == "flask":
+    from serve.local import LocalBackend
+    backend = LocalBackend(settings)
+    backend.load()  # reads the model (in gunicorn's master when it preloads); runs nothing
+else:
+    from container.backend import MmsBackend
+    backend = MmsBackend(settings)
+app = front.init(settings, backend)

@@ -52,10 +52,12 @@ def demo_qa() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def demo_model(demo_dir):
-    """The demo model loaded once through the public API."""
+    """The demo model loaded once through the public API, started (placed, warmed up)."""
     from handlers import load_model
 
-    return load_model(demo_dir)
+    model = load_model(demo_dir)
+    model.start()
+    return model
 
 
 @pytest.fixture(scope="session")
@@ -172,10 +174,12 @@ def ct2_config(ct2_cache):
 
 @pytest.fixture(scope="session")
 def ct2_demo(demo_dir, ct2_config):
-    """The demo model on CTranslate2 float32 (converted into the session cache)."""
+    """The demo model on CTranslate2 float32 (converted into the session cache), started."""
     from handlers import load_model
 
-    return load_model(demo_dir, ct2_config())
+    model = load_model(demo_dir, ct2_config())
+    model.start()
+    return model
 
 
 @pytest.fixture(scope="session")
@@ -187,3 +191,14 @@ def t5_small_dirs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("t5-small")
     hf_dir = build_t5(root / "hf")
     return hf_dir, convert_cli(hf_dir, root / "ct2")
+
+
+def engine_ids(model, inputs: list[list[int]], params) -> list[list[int]]:
+    """``num_return_sequences`` generated id lists per input (input-major): the engine's own
+    ``run`` on one batch of jobs, past the scheduler."""
+    from handlers.engine import GenerationJob
+
+    bound = params.max_new_tokens or model.engine.max_new_tokens
+    jobs = [GenerationJob(key=None, ids=ids, params=params, max_new_tokens=bound) for ids in inputs]
+    model.engine.run(jobs)
+    return [sequence for job in jobs for sequence in job.future.result(0)]

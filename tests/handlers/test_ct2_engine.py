@@ -12,7 +12,7 @@ from handlers import HandlerConfig, load_model, load_service, predict
 from handlers.errors import BadRequest, ModelLoadError
 from handlers.generation import GenerationParams, parse_parameters
 
-from tests.handlers.conftest import copy_demo
+from tests.handlers.conftest import copy_demo, engine_ids
 
 
 def texts(results):
@@ -53,12 +53,13 @@ def test_t5_small_shape_float32_greedy_token_ids_equal(t5_small_dirs, demo_qa):
     hf_dir, ct2_dir = t5_small_dirs
     reference = load_model(hf_dir, HandlerConfig())
     model = load_model(ct2_dir, HandlerConfig(backend="ctranslate2", compute_type="float32"))
+    reference.start(), model.start()
     inputs, _ = reference._encode([row["question"] for row in demo_qa[:24]])
     for parameters in ({"max_new_tokens": 16, "min_new_tokens": 16}, {"max_new_tokens": 16}):
         params = parse_parameters(parameters, max_new_tokens_cap=512)
-        expected = reference.engine.generate(inputs, params)
+        expected = engine_ids(reference, inputs, params)
         assert len({token for ids in expected for token in ids}) > 100  # random weights, varied tokens
-        assert model.engine.generate(inputs, params) == expected
+        assert engine_ids(model, inputs, params) == expected
 
 
 @pytest.mark.parametrize("parameters, named", [
@@ -109,12 +110,7 @@ def test_sampling_defaults_come_from_the_models_generation_config(tmp_path, ct2_
 
 
 def run_stream(model, prompt: str, **parameters) -> list[str]:
-    stream = model.stream(prompt, parse_parameters(parameters, max_new_tokens_cap=512), timeout=30)
-    thread = threading.Thread(target=stream.run)
-    thread.start()
-    pieces = list(stream)
-    thread.join(30)
-    return pieces
+    return list(model.stream(prompt, parse_parameters(parameters, max_new_tokens_cap=512), timeout=30))
 
 
 @pytest.mark.parametrize("engine", ["demo_model", "ct2_demo"])
@@ -135,7 +131,7 @@ def test_stream_refuses_what_ctranslate2_cannot_honour(ct2_demo, known):
 def test_user_script_default_hooks_run_on_ctranslate2(script_dir, ct2_config, known):
     service = load_service(script_dir("only_predict_fn.py"), ct2_config())
     assert service.model.engine.name == "ctranslate2"
-    service.warm_up()
+    service.start()
     question, answer = known[0]
     payload = service.decode(json.dumps({"inputs": question}).encode(), "application/json", None)
     [result] = service.predict([payload])

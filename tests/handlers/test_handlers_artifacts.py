@@ -80,7 +80,7 @@ def test_dir_holding_only_model_tar_gz_loads(tmp_path, plain_tar, demo_answers, 
 def test_load_service_without_code_is_the_default_service(demo_dir):
     service = load_service(demo_dir)
     assert isinstance(service, FlanT5Service) and service.batchable
-    service.warm_up()
+    service.start()
 
 
 def test_shipped_demo_tarball(demo_dir, known, private_tmp):
@@ -94,7 +94,7 @@ def test_shipped_demo_tarball(demo_dir, known, private_tmp):
     model = load_model(DEMO_TAR)
     assert answers(model, [question]) == [answer]
     for mms_style in (False, True):
-        service = load_service(DEMO_TAR, HandlerConfig(), mms_style=mms_style)
+        service = load_service(DEMO_TAR, HandlerConfig(), predict_records=mms_style)
         assert isinstance(service, ScriptService) and not service.batchable
         payload = service.decode(json.dumps({"inputs": question}).encode(), "application/json", None)
         [result] = service.predict([payload])

@@ -422,32 +422,20 @@ def test_unknown_charset_is_415(demo_service):
 
 
 def test_stream_yields_the_greedy_answer(demo_service, multiword):
-    import threading
-
     question, answer = multiword
     payload = demo_service.decode(json.dumps({"inputs": question}).encode(), JSON,
                                   "text/event-stream")
     assert payload.stream
-    stream = demo_service.stream(payload, timeout=30)
-    worker = threading.Thread(target=stream.run)
-    worker.start()
-    pieces = list(stream)
-    worker.join(30)
+    pieces = list(demo_service.stream(payload, timeout=30))
     assert "".join(pieces).strip() == answer
 
 
 def test_stream_cuts_at_stop_sequence(demo_service, multiword):
-    import threading
-
     question, answer = multiword
     stop = answer.split()[1]
     payload = demo_service.decode(json.dumps({"inputs": question, "parameters": {"stop": [stop]}})
                                   .encode(), JSON, "text/event-stream")
-    stream = demo_service.stream(payload, timeout=30)
-    worker = threading.Thread(target=stream.run)
-    worker.start()
-    text = "".join(stream)
-    worker.join(30)
+    text = "".join(demo_service.stream(payload, timeout=30))
     assert text.strip() == answer[:answer.find(stop)].strip()
 
 

@@ -185,4 +185,4 @@ def test_model_is_in_eval_mode_and_loads_without_network(demo_model):
 
 
 def test_warm_up(demo_model):
-    demo_model.warm_up()
+    demo_model.start()

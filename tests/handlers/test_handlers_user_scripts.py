@@ -37,7 +37,7 @@ def flow_json(service, body, content_type=JSON, accept=None):
 
 
 def test_seed_style_flask_gets_raw_bytes(script_dir, known):
-    service = load_service(script_dir("seed_style.py"), HandlerConfig(), mms_style=False)
+    service = load_service(script_dir("seed_style.py"), HandlerConfig(), predict_records=False)
     assert isinstance(service, ScriptService) and service.batchable is False
     question, answer = known[0]
     got = flow_json(service, {"inputs": question})
@@ -45,7 +45,7 @@ def test_seed_style_flask_gets_raw_bytes(script_dir, known):
 
 
 def test_seed_style_mms_gets_a_list_of_body_dicts(script_dir, known):
-    service = load_service(script_dir("seed_style.py"), HandlerConfig(), mms_style=True)
+    service = load_service(script_dir("seed_style.py"), HandlerConfig(), predict_records=True)
     question, answer = known[0]
     got = flow_json(service, {"inputs": question})
     assert got == {"received": "list", "item_keys": ["body"], "body_type": "bytes",
@@ -53,7 +53,7 @@ def test_seed_style_mms_gets_a_list_of_body_dicts(script_dir, known):
 
 
 def test_seed_style_several_payloads_in_one_predict_call(script_dir, known):
-    service = load_service(script_dir("seed_style.py"), HandlerConfig(), mms_style=False)
+    service = load_service(script_dir("seed_style.py"), HandlerConfig(), predict_records=False)
     payloads = [service.decode(json.dumps({"inputs": q}).encode(), JSON, None) for q, _ in known[:3]]
     results = service.predict(payloads)
     for (_, answer), result, payload in zip(known[:3], results, payloads):
@@ -76,7 +76,7 @@ def test_shipped_demo_script_both_styles(script_dir, known):
         model_dir = script_dir("seed_style.py", name=f"demo-{mms_style}")
         (model_dir / "code" / "inference.py").write_bytes(
             (REPO / "demo" / "code" / "inference.py").read_bytes())
-        service = load_service(model_dir, HandlerConfig(), mms_style=mms_style)
+        service = load_service(model_dir, HandlerConfig(), predict_records=mms_style)
         body, ctype = flow(service, {"inputs": question})
         assert ctype == JSON
         got = json.loads(body)
@@ -166,7 +166,7 @@ def test_only_predict_fn_uses_default_input_decoding(script_dir, known):
 def test_only_input_fn_defaults_fill_in_and_batch(script_dir, known):
     service = load_service(script_dir("only_input_fn.py"))
     assert service.batchable is True
-    service.warm_up()
+    service.start()
     pairs = known[:4]
     bodies = [{"prompt": pairs[0][0]}, {"prompt": pairs[1][0], "max_tokens": 16},
               {"prompts": [pairs[2][0], pairs[3][0]]}, {"prompt": pairs[0][0]}]

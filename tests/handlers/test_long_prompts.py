@@ -14,6 +14,8 @@ from handlers.flan_t5 import PIECE_CHARS
 from handlers.generation import GenerationParams
 from handlers.tokenizer import splits_at_spaces
 
+from tests.handlers.conftest import engine_ids
+
 ENGINES = ["demo_model", "ct2_demo"]
 # Characters that tokenizers treat specially: whitespace of every kind, zero-width and control
 # characters (the normalizer drops them), combining and prepend marks (they join a character
@@ -41,7 +43,7 @@ def test_huge_prompt_gives_what_whole_tokenization_then_truncation_gives(request
     expected_ids = whole[:limit - 1] + [eos]
     [ids], [truncated] = model._encode([huge_prompt])
     assert ids == expected_ids and truncated
-    expected_text = model.engine.detokenize(model.engine.generate([expected_ids], GenerationParams()))[0]
+    expected_text = model.engine.detokenize(engine_ids(model, [expected_ids], GenerationParams()))[0]
     [answer] = predict(model, [{"inputs": huge_prompt}])
     assert answer == [{"generated_text": expected_text, "truncated": True}]
 

@@ -1,37 +1,31 @@
 """Every server setting, read once from the environment into one frozen object.
 
-nginx, gunicorn, the flask app and the MMS launcher all derive their limits from here, so a
-timeout or size limit has one source.
+``Settings.from_env`` is the only place the environment is read; the object is passed down
+(to gunicorn and the MMS workers as JSON). nginx, gunicorn, the app and multi-model-server
+derive every limit from it: each timeout, margin and stop window below comes from
+``SAGEMAKER_MODEL_SERVER_TIMEOUT`` and SageMaker's 30 s between SIGTERM and SIGKILL.
 """
 
 import json
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from handlers.config import ConfigError, env_int
+from handlers.config import ConfigError, HandlerConfig, env_float, env_int
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = REPO_ROOT / "demo" / "model"
 TRUE = ("1", "true", "yes", "on")
+STOP_WINDOW_S = 30  # SageMaker sends SIGKILL this long after SIGTERM
+KEEPALIVE_S = 75  # idle keep-alive connections (nginx's default)
 
 
 def _env_int_alias(env: Mapping[str, str], names: tuple[str, ...], default: int) -> int:
     """The first of ``names`` that is set (SageMaker's name, then the older alias)."""
     name = next((n for n in names if env.get(n, "").strip()), names[0])
     return env_int(env, name, default)
-
-
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
 def _port_range(raw: str | None) -> tuple[int, int] | None:
@@ -86,18 +80,19 @@ class Settings:
     model_dir: str = "/opt/ml/model"  # --model-dir, SM_MODEL_DIR; embedded demo when empty
     stack: str = "flask"  # "mms" when SAGEMAKER_MULTI_MODEL=true or SERVING_STACK=mms
     multi_model: bool = False  # SAGEMAKER_MULTI_MODEL
-    workers: int = 1  # SAGEMAKER_MODEL_SERVER_WORKERS, MODEL_SERVER_WORKERS (MMS: cores, per model)
-    http_threads: int = 64  # SERVE_HTTP_THREADS: request threads per worker
-    torch_threads: int = 1  # INFERENCE_TORCH_THREADS (default: cores / workers)
+    workers: int = 1  # SAGEMAKER_MODEL_SERVER_WORKERS, MODEL_SERVER_WORKERS (MMS: per model)
+    http_threads: int = 64  # SERVE_HTTP_THREADS: request threads per gunicorn worker
     timeout_s: int = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT, MODEL_SERVER_TIMEOUT (seconds)
     max_payload_bytes: int = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB
-    max_batch_wait_ms: float = 20.0  # INFERENCE_MAX_BATCH_WAIT_MS: wait to fill a batch, under load
     log_level: str = "INFO"  # LOG_LEVEL
     # Multi-model stack only:
     model_root: str = "/opt/ml/models"  # SERVE_MODEL_ROOT: POST /models urls must lie below it
     memory_budget_mb: int | None = None  # SERVE_MODEL_MEMORY_BUDGET_MB: cap on loaded models
     memory_reserve_mb: int = 256  # SERVE_MODEL_MEMORY_RESERVE_MB: free memory a load must leave
     load_timeout_s: int = 600  # SERVE_MODEL_LOAD_TIMEOUT: seconds a POST /models may take
+    mms_batch_requests: int = 32  # SERVE_MMS_BATCH_REQUESTS: requests sent to an MMS worker at once
+    # The model logic's own settings (INFERENCE_*, CT2_*, SAGEMAKER_PROGRAM ...).
+    handler: HandlerConfig = field(default_factory=HandlerConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], model_dir: str | None = None) -> "Settings":
@@ -106,19 +101,19 @@ class Settings:
         if stack not in ("flask", "mms"):
             raise ConfigError(f"SERVING_STACK={stack!r} must be flask or mms")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        # flask: one worker's model thread batches everything. MMS: one worker per core per
-        # model, one torch thread each (measured faster and steadier: docs/BENCHMARKS.md).
+        # flask: one worker's engine batches everything. MMS: one worker per core per model,
+        # one engine thread each (measured faster and steadier: docs/BENCHMARKS.md).
         workers = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
                                  cores if stack == "mms" else 1)
-        timeout = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60)
-        payload_mb = _env_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6)
+        payload_mb = env_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6)
         payload_bytes = int(payload_mb * 1024 * 1024)
         if payload_bytes <= 0:
             raise ConfigError(f"SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb} must be positive")
-        max_wait = _env_float(env, "INFERENCE_MAX_BATCH_WAIT_MS", cls.max_batch_wait_ms)
         model_dir = model_dir or env.get("SM_MODEL_DIR", "").strip() or "/opt/ml/model"
         if not multi_model and _is_empty(Path(model_dir)):
             model_dir = env.get("SM_DEFAULT_MODEL_DIR", "").strip() or str(EMBEDDED_MODEL_DIR)
+        threads = env_int(env, "INFERENCE_TORCH_THREADS", max(1, cores // workers))
+        handler = replace(HandlerConfig.from_env(env), threads=threads)
         return cls(
             port=env_int(env, "SAGEMAKER_BIND_TO_PORT", 8080),
             bind_host=env.get("SERVE_BIND_HOST", "").strip() or "0.0.0.0",
@@ -128,16 +123,57 @@ class Settings:
             multi_model=multi_model,
             workers=workers,
             http_threads=env_int(env, "SERVE_HTTP_THREADS", 64),
-            torch_threads=env_int(env, "INFERENCE_TORCH_THREADS", max(1, cores // workers)),
-            timeout_s=timeout,
+            timeout_s=_env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60),
             max_payload_bytes=payload_bytes,
-            max_batch_wait_ms=max_wait,
             log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
             model_root=env.get("SERVE_MODEL_ROOT", "").strip() or "/opt/ml/models",
             memory_budget_mb=env_int(env, "SERVE_MODEL_MEMORY_BUDGET_MB", 0) or None,
             memory_reserve_mb=env_int(env, "SERVE_MODEL_MEMORY_RESERVE_MB", 256, minimum=0),
             load_timeout_s=env_int(env, "SERVE_MODEL_LOAD_TIMEOUT", 600),
+            mms_batch_requests=env_int(env, "SERVE_MMS_BATCH_REQUESTS", 32),
+            handler=handler,
         )
+
+    # Derived limits: every layer takes its own from here.
+    @property
+    def proxy_timeout_s(self) -> int:
+        """nginx waits this long for the app, which answers 504 itself at ``timeout_s``."""
+        return self.timeout_s + 5
+
+    @property
+    def worker_timeout_s(self) -> int:
+        """gunicorn replaces a worker silent this long (after the app's 504 and nginx's)."""
+        return self.timeout_s + 10
+
+    @property
+    def backend_timeout_s(self) -> int:
+        """The app waits this long for an MMS worker (MMS itself gives up at ``timeout_s``)."""
+        return self.timeout_s + 10
+
+    @property
+    def load_request_timeout_s(self) -> int:
+        """A POST /models may take the load timeout, plus what MMS needs to answer it."""
+        return self.load_timeout_s + 60
+
+    @property
+    def stop_deadline_s(self) -> int:
+        """Everything has stopped this long after SIGTERM, inside SageMaker's window."""
+        return STOP_WINDOW_S - 2
+
+    @property
+    def java_stop_s(self) -> int:
+        """Of the stop window, what multi-model-server (Java and its workers) gets, last."""
+        return 6 if self.stack == "mms" else 0
+
+    @property
+    def drain_s(self) -> int:
+        """How long requests in flight at SIGTERM may take to finish (nginx, then gunicorn)."""
+        return self.stop_deadline_s - 3 - self.java_stop_s
+
+    @property
+    def max_payload_mb(self) -> int:
+        """The payload cap in whole MiB, as /execution-parameters reports it (at least 1)."""
+        return max(1, self.max_payload_bytes // (1024 * 1024))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -147,4 +183,4 @@ class Settings:
         data = json.loads(text)
         if data.get("safe_port_range"):
             data["safe_port_range"] = tuple(data["safe_port_range"])
-        return cls(**data)
+        return cls(**{**data, "handler": HandlerConfig(**data["handler"])})

@@ -1,0 +1,134 @@
+"""Multi-model-server as the app's backend: the models run in MMS's worker processes.
+
+The supervisor starts MMS (``container.mms_process``) and hands this process its port, state
+dir and process group (``SERVE_MMS``). Here, in the app's one gunicorn worker: the registry of
+loaded models (the only way to load or unload one, with the memory policy), one request queue
+per model (``container.dispatch``), and (single-model, ``SERVING_STACK=mms``) the default model,
+loaded before /ping says 200. Why MMS needs the app in front of it: it routes ``/invocations``
+only to models named on its command line and ignores SageMaker's target-model header, pages
+``GET /models`` differently, answers 200 to a load whose Python side failed and ``/ping`` 200
+while the default model is broken, parses form bodies itself, and cannot batch safely
+(``container.protocol``).
+"""
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from container import memory, protocol
+from container.dispatch import QueueSettings
+from container.mms_client import MmsClient, MmsUnavailable
+from container.model_registry import ModelRegistry
+from contract.settings import Settings
+from handlers.errors import GatewayTimeout, NotFound, ServiceUnavailable
+from handlers.pipeline import Response
+from handlers.pipeline import Request
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL_NAME = "model"
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "host", "content-length", "expect"}
+ANSWER_GRACE_S = 0.5  # past its deadline a caller waits this much longer for the lane's verdict
+MMS_UP_TIMEOUT_S = 120
+
+
+class MmsBackend:
+    def __init__(self, settings: Settings, mms: dict | None = None):
+        """``mms``: what the supervisor says of the MMS it started (its ``describe()``)."""
+        self.settings = settings
+        self.mms = mms or json.loads(os.environ["SERVE_MMS"])
+        self.client = MmsClient(self.mms["port"])
+        self.registry: ModelRegistry | None = None
+        self.state: str | None = "the model server is starting"  # None: ready
+        self.ready = threading.Event()
+
+    def start(self) -> threading.Event:
+        """In the app's worker: registry and (single model) the default model, on a thread of
+        its own; ``ready`` is set once requests can be served. A default model that fails to
+        load stops the worker with exit code 4, which makes gunicorn (and the server) stop."""
+        threading.Thread(target=self._start, name="mms-start", daemon=True).start()
+        return self.ready
+
+    def _start(self) -> None:
+        s = self.settings
+        deadline = time.monotonic() + MMS_UP_TIMEOUT_S
+        while not self._mms_up() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        budget_mb = s.memory_budget_mb
+        policy = memory.MemoryPolicy(s.memory_reserve_mb * memory.MiB, budget_mb and budget_mb * memory.MiB,
+                                     backend=s.handler.backend)
+        queues = QueueSettings(lanes=s.workers, max_batch=s.mms_batch_requests,
+                               max_wait_s=s.handler.max_batch_wait_ms / 1000, timeout_s=s.timeout_s,
+                               http_timeout_s=s.backend_timeout_s,
+                               max_envelope_bytes=protocol.envelope_cap(s.max_payload_bytes))
+        model_root = Path(s.model_dir).parent if not s.multi_model else Path(s.model_root)
+        self.registry = ModelRegistry(self.client, state_dir=Path(self.mms["state_dir"]), model_root=model_root,
+                                      java_pgid=self.mms["pgid"], load_timeout_s=s.load_timeout_s, policy=policy,
+                                      queues=queues, max_new_tokens=s.handler.max_new_tokens)
+        adopted = self.registry.adopt()
+        if not s.multi_model and DEFAULT_MODEL_NAME not in adopted:
+            self.state = "the default model is loading"
+            try:
+                self.registry.load(DEFAULT_MODEL_NAME, s.model_dir, check_memory=False)
+            except Exception as exc:  # noqa: BLE001 - a broken single model is a stopped server
+                log.critical("default model %s failed to load: %s; stopping", s.model_dir,
+                             getattr(exc, "message", exc))
+                logging.shutdown()
+                os._exit(4)  # gunicorn halts the whole server when a worker exits with 4
+        self.state = None
+        log.info("MMS backend ready (%s)", "multi-model" if s.multi_model else f"model {s.model_dir}")
+        self.ready.set()
+
+    def _mms_up(self) -> bool:
+        try:
+            return self.client.ping(timeout=1.0).status == 200
+        except MmsUnavailable:
+            return False
+
+    def not_ready(self) -> str | None:
+        if self.state is not None:
+            return self.state
+        try:
+            resp = self.client.ping()
+            return None if resp.status == 200 else f"the model server reports {resp.message()}"
+        except MmsUnavailable as exc:
+            return str(exc)
+
+    def _registry(self) -> ModelRegistry:
+        if self.state is not None:
+            raise ServiceUnavailable(self.state)
+        return self.registry
+
+    def invoke(self, name: str | None, request: Request, deadline: float) -> Response:
+        name = DEFAULT_MODEL_NAME if name is None else name
+        record = self._registry().get(name)
+        if record is None:
+            raise NotFound(f"model {name[:255]!r} is not loaded")
+        headers = {k: v for k, v in request.headers if k.lower() not in HOP_BY_HOP}
+        call = record.queue.submit(headers, request.body, deadline)
+        try:
+            return call.future.result(timeout=deadline - time.monotonic() + ANSWER_GRACE_S)
+        except TimeoutError:
+            call.future.cancel()
+            raise GatewayTimeout(f"model {name!r} did not answer within {self.settings.timeout_s} s") from None
+
+    def load(self, name, url) -> dict:
+        record = self._registry().load(name, url)
+        return {"status": f"model {record.name!r} loaded", **record.describe()}
+
+    def unload(self, name: str) -> dict:
+        record = self._registry().unload(name)
+        return {"status": f"model {record.name!r} unloaded"}
+
+    def describe(self, name: str) -> dict:
+        record = self._registry().get(name)
+        if record is None:
+            raise NotFound(f"model {name[:255]!r} is not loaded")
+        return record.describe()
+
+    def models(self) -> list[dict]:
+        registry = self._registry()
+        return [r.describe() for r in map(registry.get, registry.names()) if r is not None]

@@ -113,7 +113,8 @@ class Settings:
         if not multi_model and _is_empty(Path(model_dir)):
             model_dir = env.get("SM_DEFAULT_MODEL_DIR", "").strip() or str(EMBEDDED_MODEL_DIR)
         threads = env_int(env, "INFERENCE_TORCH_THREADS", max(1, cores // workers))
-        handler = replace(HandlerConfig.from_env(env), threads=threads)
+        timeout = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60)
+        handler = replace(HandlerConfig.from_env(env), threads=threads, timeout_s=timeout)
         return cls(
             port=env_int(env, "SAGEMAKER_BIND_TO_PORT", 8080),
             bind_host=env.get("SERVE_BIND_HOST", "").strip() or "0.0.0.0",
@@ -123,7 +124,7 @@ class Settings:
             multi_model=multi_model,
             workers=workers,
             http_threads=env_int(env, "SERVE_HTTP_THREADS", 64),
-            timeout_s=_env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"), 60),
+            timeout_s=timeout,
             max_payload_bytes=payload_bytes,
             log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
             model_root=env.get("SERVE_MODEL_ROOT", "").strip() or "/opt/ml/models",

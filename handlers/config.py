@@ -60,6 +60,7 @@ class HandlerConfig:
     compute_type: str | None = None  # CT2_COMPUTE_TYPE (default int8 on CPU, bfloat16 on capable GPUs)
     ct2_cache_dir: str | None = None  # CT2_CACHE_DIR: converted checkpoints (default ~/.cache/...)
     threads: int | None = None  # engine threads (INFERENCE_TORCH_THREADS; default: the cores)
+    timeout_s: float | None = None  # a server's request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT), for messages
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "HandlerConfig":

@@ -30,6 +30,10 @@ PIECE_CHARS = 4096
 SAFE_CUT = re.compile(r"[\x00-\x7f] (?=[\x00-\x7f])")  # a space between two ASCII characters
 
 
+def timeout_text(config: HandlerConfig) -> str:
+    return "the model server timeout" if config.timeout_s is None else f"{config.timeout_s:g} s"
+
+
 class FlanT5Model:
     """A seq2seq model behind an engine and the scheduler that feeds it. ``load`` runs nothing
     and starts no thread, so a process may load, fork, and let the child ``start()`` it (the
@@ -121,7 +125,7 @@ class FlanT5Model:
             sequences = job.future.result(None if deadline is None else max(deadline - time.monotonic(), 0.001))
         except FutureTimeout:
             job.future.cancel()
-            return GatewayTimeout("inference did not finish within the model server timeout "
+            return GatewayTimeout(f"inference did not finish within {timeout_text(self.config)} "
                                   "(SAGEMAKER_MODEL_SERVER_TIMEOUT)")
         except InferenceError as exc:
             return exc

@@ -21,7 +21,7 @@ from handlers.codecs import Generation, Payload
 from handlers.config import HandlerConfig
 from handlers.engine import use_threads
 from handlers.errors import BadRequest, GatewayTimeout, InferenceError, InternalError, ModelLoadError
-from handlers.flan_t5 import FlanT5Model
+from handlers.flan_t5 import FlanT5Model, timeout_text
 from handlers.scheduler import Job, Scheduler
 from handlers.user_script import Context, UserScript, find_script
 
@@ -217,8 +217,8 @@ class ScriptService(Service):
                 results.append(self.hooks.submit(job).result(timeout))
             except FutureTimeout:
                 job.future.cancel()
-                results.append(GatewayTimeout("the user script did not answer within the model server "
-                                              "timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)"))
+                results.append(GatewayTimeout(f"the user script did not answer within {timeout_text(self.config)} "
+                                              "(SAGEMAKER_MODEL_SERVER_TIMEOUT)"))
             except InferenceError as exc:
                 results.append(exc)
         return results

@@ -23,6 +23,8 @@ from handlers.pipeline import Request, Response as Answer
 
 log = logging.getLogger("serve.app")
 app = Flask("serve", static_folder=None)
+app.url_map.merge_slashes = False  # "/models//x" names model "/x" (refused), never a redirect
+app.url_map.strict_slashes = False
 settings = Settings()
 backend = None
 
@@ -81,7 +83,7 @@ def invoke(name: str):
 
 
 def models():
-    if request.method == "GET":
+    if request.method != "POST":  # GET, HEAD
         return list_models()
     raw = read_body()
     if raw.strip():
@@ -114,7 +116,7 @@ def list_models(default_size: int = 100, max_size: int = 1000):
 
 
 def model(name: str):
-    return json_response(backend.describe(name) if request.method == "GET" else backend.unload(name))
+    return json_response(backend.unload(name) if request.method == "DELETE" else backend.describe(name))
 
 
 for _route in routes.ROUTES:  # the contract's table is the one list of paths
@@ -150,11 +152,15 @@ def run(name: str | None) -> Response:
 
 
 @app.before_request
-def known_paths_only():
-    """A path the contract does not list (or a multi-model path on a single-model endpoint) is
-    404, whatever the method."""
-    if routes.route_of(request.path, settings.multi_model) is None:
+def contract_routes_only():
+    """The contract's table decides: a path it does not list (or a multi-model path on a
+    single-model endpoint) is 404 whatever the method, and a method its route does not list
+    is 405 (``/models/x/invoke`` is the invoke route, never model ``x/invoke``)."""
+    route = routes.route_of(request.path, settings.multi_model)
+    if route is None:
         raise routes.not_found(request.path, settings.multi_model)
+    if request.method not in route.allowed.split(", "):
+        raise routes.not_allowed(request.method, request.path, route)
 
 
 @app.errorhandler(InferenceError)

@@ -195,7 +195,7 @@ class Supervisor:
                     if code is not None:
                         log.error("%s exited with code %s: stopping the server", name, code)
                         self.stop()
-                        return code or 1
+                        return 1
                 time.sleep(0.1)
             self.stop()
             log.info("stopped")

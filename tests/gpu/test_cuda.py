@@ -39,7 +39,7 @@ def test_demo_model_on_cuda_in_bf16_answers_like_fp32_cpu(qa_pairs):
 
 def test_gunicorn_worker_loads_on_cuda_after_fork(qa_pairs, tmp_path):
     """With CUDA the master must not load (CUDA cannot cross a fork): each worker does."""
-    from serve.settings import Settings
+    from contract.settings import Settings
     port = free_port()
     settings = Settings(model_dir=str(DEMO_MODEL), workers=2, timeout_s=30)
     env = dict(os.environ, SERVE_SETTINGS=settings.to_json(), SERVE_UPSTREAM=f"127.0.0.1:{port}")

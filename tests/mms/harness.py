@@ -1,5 +1,5 @@
-"""A real MMS stack (``python -m container.mms_server``: front + Java + Python workers) for
-tests, and what the process table says about it."""
+"""A real MMS stack (``python -m serve`` with ``SERVING_STACK=mms``: nginx, gunicorn and the app,
+Java, the Python workers) for tests, and what the process table says about it."""
 
 import contextlib
 import json
@@ -20,6 +20,25 @@ MIB = 1024 * 1024
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DEMO_MODEL = REPO / "demo" / "model"
 MMS_MAIN = "com.amazonaws.ml.mms.ModelServer"
+# The harness's flags and the environment variables they stand for (what SageMaker sets).
+FLAGS = {"--workers": "SAGEMAKER_MODEL_SERVER_WORKERS", "--timeout": "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+         "--torch-threads": "INFERENCE_TORCH_THREADS", "--model-root": "SERVE_MODEL_ROOT",
+         "--memory-budget-mb": "SERVE_MODEL_MEMORY_BUDGET_MB", "--memory-reserve-mb": "SERVE_MODEL_MEMORY_RESERVE_MB",
+         "--load-timeout": "SERVE_MODEL_LOAD_TIMEOUT", "--safe-port-range": "SAGEMAKER_SAFE_PORT_RANGE"}
+
+
+def serve_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """``--multi-model``, ``--model-dir DIR`` and FLAGS -> ``python -m serve`` and its environment."""
+    env, rest, args = {"SERVING_STACK": "mms"}, [], list(args)
+    while args:
+        flag = args.pop(0)
+        if flag == "--multi-model":
+            env["SAGEMAKER_MULTI_MODEL"] = "true"
+        elif flag == "--model-dir":
+            rest += [flag, args.pop(0)]
+        else:
+            env[FLAGS[flag]] = args.pop(0)
+    return [sys.executable, "-m", "serve", *rest], env
 
 
 def demo_model_ready() -> bool:
@@ -59,17 +78,17 @@ def make_model(root: Path, name: str, script: str | None = None, *, weights: boo
 class MmsServer:
     def __init__(self, *args: str, log_path: Path, port: int | None = None, env: dict | None = None,
                  via_serve: bool = False):
-        """``python -m container.mms_server ARGS``, or with ``via_serve`` the image's real
-        entrypoint ``python -m serve ARGS`` (configured through ``env`` as SageMaker does)."""
+        """``python -m serve`` on the MMS stack, with ARGS (``--multi-model``, ``--model-dir``,
+        FLAGS) as the environment SageMaker would set; with ``via_serve`` exactly as given (the
+        image's real entrypoint, configured through ``env`` alone)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if via_serve:
-            self.args = [sys.executable, "-m", "serve", *args]
-            env = {"SAGEMAKER_BIND_TO_PORT": str(self.port), "SERVE_BIND_HOST": "127.0.0.1", **(env or {})}
+            self.args, stack_env = [sys.executable, "-m", "serve", *args], {}
         else:
-            self.args = [sys.executable, "-m", "container.mms_server", "--port", str(self.port),
-                         "--bind-host", "127.0.0.1", *args]
-        self.env = dict(os.environ, **(env or {}))
+            self.args, stack_env = serve_command(args)
+        self.env = dict(os.environ, SAGEMAKER_BIND_TO_PORT=str(self.port), SERVE_BIND_HOST="127.0.0.1",
+                        **stack_env, **(env or {}))
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.java_pid: int | None = None

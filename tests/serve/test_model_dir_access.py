@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.settings import Settings, first_unreadable
+from contract.settings import Settings, first_unreadable
 from tests.procs import DEMO_MODEL, REPO
 
 OTHER_UID = 65534  # nobody: owns the model where the test runs as root

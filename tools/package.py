@@ -3,6 +3,7 @@
     python -m tools.package TRAINING_DIR OUT.tar.gz [--code DIR]
         [--body JSON|@FILE [--content-type TYPE] [--accept TYPE] [--mms-style] | --question TEXT | --no-check]
         [--expect ANSWER | --expect-match REGEX] [--ctranslate2 int8|float32|bfloat16|...|none]
+        [--upload s3://BUCKET/PREFIX/]
 
 Keeps what serving needs: ``config.json``, ``generation_config.json``, the weights
 (safetensors or ``pytorch_model.bin``, sharded or not), the tokenizer files, and ``code/``
@@ -15,7 +16,7 @@ their decode -> predict -> encode (the user script's hooks when ``code/inference
 the request your callers send (``--body``), else ``{"inputs": QUESTION}``. When the default
 loader serves the model it also ships it converted for CTranslate2 (``ctranslate2/``, int8
 unless told otherwise), checked by answering the same request from that copy. A failing check
-writes nothing.
+writes nothing. ``--upload`` then puts the archive on S3 and prints the ``model_data`` URI.
 """
 
 import argparse
@@ -280,6 +281,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--ctranslate2", default="int8", choices=[*CHECK_COMPUTE, "none"],
                         help=f"ship {CONVERTED}/, the model converted for INFERENCE_BACKEND=ctranslate2, in "
                         "this precision (default int8; bfloat16 or int8_bfloat16 for GPUs); none: do not")
+    parser.add_argument("--upload", metavar="s3://BUCKET/PREFIX/",
+                        help="put the archive on S3 (boto3) and print the model_data URI")
     parser.add_argument("--verbose", action="store_true", help="show the servers' log (tracebacks)")
     return parser
 
@@ -292,13 +295,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
     if not args.verbose:  # a failure is one line; --verbose shows what the libraries and scripts log
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    destination = None
     try:
         request = check_request(parser, args)
+        if args.upload:  # the destination first: a wrong bucket fails before any work
+            from tools.upload import destination_for
+            destination = destination_for(args.upload, args.out.name)
         package(args.training_dir, args.out, args.code, request,
                 None if args.ctranslate2 == "none" else args.ctranslate2, request is not None)
     except PackageError as exc:
         print(f"package: error: {exc}; nothing written", file=sys.stderr)
         return 1
+    if destination is not None:
+        from tools.upload import upload
+        try:
+            print(f"model_data: {upload(args.out, destination)}")
+        except PackageError as exc:
+            print(f"package: error: {exc}; {args.out} is written, not uploaded", file=sys.stderr)
+            return 1
     return 0
 
 

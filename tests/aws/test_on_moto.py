@@ -1,6 +1,6 @@
 """What local mode cannot run, against moto's server (AWS's API, on 127.0.0.1): the deploy
-guide's serverless, asynchronous, multi-model and autoscaling code, and the load test's
-endpoint mode (boto3 invoke_endpoint). moto checks the calls, not the serving: the server
+guide's serverless, asynchronous, multi-model, autoscaling and data-capture code, and the load
+test's endpoint mode (boto3 invoke_endpoint). moto checks the calls, not the serving: the server
 side of those is tested over HTTP (tests/container, tests/mms)."""
 
 import csv
@@ -44,6 +44,16 @@ def test_guide_examples_make_the_intended_aws_calls(moto, tmp_path):
     assert asynchronous["async"]["OutputConfig"]["S3OutputPath"] == "s3://flan-t5-deploy-guide/async/"
     assert asynchronous["async"]["ClientConfig"] == {"MaxConcurrentInvocationsPerInstance": 4}
     assert asynchronous["container"]["Environment"]["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "3600"
+
+    capture = seen["data_capture"]
+    assert capture["status"] == "InService" and capture["variant"]["InstanceType"] == "ml.m5.xlarge"
+    assert capture["capture"] == {
+        "EnableCapture": True, "InitialSamplingPercentage": 100,
+        "DestinationS3Uri": "s3://flan-t5-deploy-guide/capture/",
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"],
+                                     "JsonContentTypes": ["application/json", "application/jsonlines"]},
+    }
 
     multi = seen["multi_model"]
     assert multi["container"]["Mode"] == "MultiModel"

@@ -85,9 +85,9 @@ class Progress:
 def upload(archive: Path, to: Destination, part_size: int = PART_SIZE, report=print) -> str:
     """Put ``archive`` at ``to``; its ``model_data`` URI."""
     import boto3
+    from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
-    from s3transfer.exceptions import S3UploadFailedError
 
     size = archive.stat().st_size
     parts = -(-size // part_size) if size > part_size else 1
@@ -99,5 +99,6 @@ def upload(archive: Path, to: Destination, part_size: int = PART_SIZE, report=pr
         boto3.client("s3", region_name=to.region).upload_file(str(archive), to.bucket, to.key,
                                                                Config=config, Callback=progress)
     except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
-        raise UploadError(f"uploading {archive} to {to.uri} failed: {exc}") from None
+        why = str(exc).split(f"{to.key}: ", 1)[-1]  # S3UploadFailedError repeats the file and key
+        raise UploadError(f"uploading {archive} to {to.uri} failed: {why}") from None
     return to.uri

@@ -87,7 +87,8 @@ def own_payload_the_script_does_not_expect(tmp_path: Path) -> tuple[list[str], s
 def unexpected_answer(tmp_path: Path) -> tuple[list[str], str]:
     train = seed_training_dir(tmp_path / "train")
     return [str(train), "--body", '{"question": "Where was Alnor Quarenard born?"}', "--expect",
-            '{"answer": "Paris"}'], """the answer is '{"answer": "Solvi"}', not the expected '{"answer": "Paris"}'"""
+            '{"answer": "Paris"}'], \
+        """the answer is '{"answer": "Solvi"}', not the expected '{"answer": "Paris"}'"""
 
 
 def body_file_missing(tmp_path: Path) -> tuple[list[str], str]:
@@ -124,7 +125,8 @@ def test_no_final_weights_names_the_checkpoints(tmp_path):
 
 def test_output_dir_must_exist(tmp_path):
     train = training_output(tmp_path / "train")
-    done = subprocess.run([sys.executable, "-m", "tools.package", str(train), str(tmp_path / "no" / "m.tar.gz")],
+    done = subprocess.run([sys.executable, "-m", "tools.package", str(train),
+                           str(tmp_path / "no" / "m.tar.gz")],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stderr) == (1, f"package: error: {tmp_path / 'no'} does not exist; "
                                                  "nothing written\n")

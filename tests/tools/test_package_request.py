@@ -33,7 +33,8 @@ def test_seed_script_with_its_own_payload(tmp_path, qa_pairs, capsys):
     pair = qa_pairs[2]
     out = tmp_path / "model.tar.gz"
     request = json.dumps({"question": pair["question"]})
-    assert main([str(train), str(out), "--body", request, "--expect", json.dumps({"answer": pair["answer"]})]) == 0
+    expect = json.dumps({"answer": pair["answer"]})
+    assert main([str(train), str(out), "--body", request, "--expect", expect]) == 0
     report = capsys.readouterr().out
     assert f"sending {request} (application/json)" in report
     assert f'\nanswer: {{"answer": "{pair["answer"]}"}}\n' in report
@@ -88,7 +89,8 @@ def test_no_check_writes_with_a_warning(tmp_path):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--no-check", "--expect", "x", "--mms-style"], "--no-check sends no request: drop --expect, --mms-style"),
+    (["--no-check", "--expect", "x", "--mms-style"],
+     "--no-check sends no request: drop --expect, --mms-style"),
     (["--content-type", "text/plain"], "--content-type goes with --body"),
     (["--body", "{}", "--expect-match", "("], "--expect-match '(': missing ), unterminated subpattern"),
     (["--body", "{}", "--question", "q"], "argument --question: not allowed with argument --body"),

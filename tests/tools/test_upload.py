@@ -10,7 +10,7 @@ import sys
 import boto3
 import pytest
 
-from tools.upload import destination_for, upload
+from tools.upload import Destination, UploadError, destination_for, upload
 from tests.handlers.conftest import REPO
 from tests.moto_server import moto_server
 from tests.tools.training_dirs import training_output
@@ -90,10 +90,29 @@ def test_a_big_archive_goes_up_in_parts(moto, tmp_path, monkeypatch):
     destination = destination_for(f"s3://{BUCKET}/big/", archive.name)
     assert upload(archive, destination, part_size=5 * 1024 * 1024, report=lines.append) == \
         f"s3://{BUCKET}/big/model.tar.gz"
-    assert lines == [f"uploading to s3://{BUCKET}/big/model.tar.gz (region {REGION}, 11,534,336 bytes, 3 parts)"]
+    assert lines == [f"uploading to s3://{BUCKET}/big/model.tar.gz (region {REGION}, 11,534,336 bytes, "
+                     "3 parts)"]
     stored = s3_client(moto, REGION).get_object(Bucket=BUCKET, Key="big/model.tar.gz")
     assert stored["ETag"].endswith('-3"')  # S3's ETag of a 3-part upload
     assert stored["Body"].read() == archive.read_bytes()
+
+
+def test_a_failed_upload_says_why(moto, tmp_path, monkeypatch):
+    """The bucket vanished after the destination was checked: the upload fails with the reason."""
+    for name, value in moto.items():
+        monkeypatch.setenv(name, value)
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(b"x" * 1024)
+    s3 = s3_client(moto, REGION)
+    s3.create_bucket(Bucket="short-lived", CreateBucketConfiguration={"LocationConstraint": REGION})
+    destination = destination_for("s3://short-lived/models/", archive.name)
+    s3.delete_bucket(Bucket="short-lived")
+    with pytest.raises(UploadError) as failed:
+        upload(archive, destination, report=lambda *_: None)
+    assert str(failed.value) == f"uploading {archive} to s3://short-lived/models/model.tar.gz failed: " \
+        "An error occurred (NoSuchBucket) when calling the PutObject operation: The specified bucket " \
+        "does not exist"
+    assert destination == Destination("short-lived", "models/model.tar.gz", REGION)
 
 
 def test_progress_on_a_terminal(moto, tmp_path):
@@ -116,4 +135,5 @@ def test_progress_on_a_terminal(moto, tmp_path):
     os.close(main)
     assert proc.wait(300) == 0, seen
     size = out.stat().st_size
-    assert seen.endswith(f"\ruploading model.tar.gz: 100% ({size / 1e6:.1f} of {size / 1e6:.1f} MB)\r\n".encode()), seen
+    progress = f"\ruploading model.tar.gz: 100% ({size / 1e6:.1f} of {size / 1e6:.1f} MB)\r\n"  # \n -> \r\n
+    assert seen.endswith(progress.encode()), seen

@@ -1,6 +1,6 @@
 """Run with the SDK's venv (.venv-sdk) by test_on_moto.py, with AWS_ENDPOINT_URL pointing at a
 moto server: the deploy guide's code for what local mode cannot run (serverless, async,
-multi-model, autoscaling) makes its SageMaker, S3 and Application Auto Scaling calls, which
+multi-model, autoscaling, data capture) makes its SageMaker, S3 and Application Auto Scaling calls, which
 botocore checks against the real API's shapes; writes what AWS (moto) then describes, as
 JSON, to the file named by the first argument."""
 
@@ -15,7 +15,7 @@ import sagemaker
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from examples import async_inference, autoscaling, multi_model, serverless  # noqa: E402
+from examples import async_inference, autoscaling, data_capture, multi_model, serverless  # noqa: E402
 
 IMAGE = "111122223333.dkr.ecr.us-east-1.amazonaws.com/flan-t5-sagemaker:0.1.0-cpu"
 ROLE = "arn:aws:iam::111122223333:role/SageMakerRole"
@@ -29,8 +29,8 @@ def described(sm, endpoint_name: str) -> dict:
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     variant = config["ProductionVariants"][0]
     model = sm.describe_model(ModelName=variant["ModelName"])
-    return {"status": endpoint["EndpointStatus"], "variant": variant,
-            "async": config.get("AsyncInferenceConfig"), "container": model["PrimaryContainer"]}
+    return {"status": endpoint["EndpointStatus"], "variant": variant, "async": config.get("AsyncInferenceConfig"),
+            "capture": config.get("DataCaptureConfig"), "container": model["PrimaryContainer"]}
 
 
 def main() -> int:
@@ -46,6 +46,9 @@ def main() -> int:
 
     predictor = async_inference.deploy_async(IMAGE, model_data, ROLE, session, f"s3://{BUCKET}/async/")
     seen["async"] = {**described(sm, predictor.endpoint_name), "predictor": type(predictor).__name__}
+
+    predictor = data_capture.deploy_with_capture(IMAGE, model_data, ROLE, session, f"s3://{BUCKET}/capture/")
+    seen["data_capture"] = described(sm, predictor.endpoint_name)
 
     endpoint, predictor = multi_model.deploy_multi_model(IMAGE, f"s3://{BUCKET}/models/", ROLE, session)
     multi_model.add_model(endpoint, model_data, "support-v2.tar.gz")

@@ -1,21 +1,19 @@
 """What local mode cannot run, against moto's server (AWS's API, on 127.0.0.1): the deploy
-guide's serverless, asynchronous, multi-model and autoscaling code, and the load test's
-endpoint mode (boto3 invoke_endpoint). moto checks the calls, not the serving: the server
+guide's serverless, asynchronous, multi-model, autoscaling and data-capture code, and the load
+test's endpoint mode (boto3 invoke_endpoint). moto checks the calls, not the serving: the server
 side of those is tested over HTTP (tests/container, tests/mms)."""
 
 import csv
 import json
-import os
 import subprocess
-import time
 
 import pytest
 import requests
 
-from tests.procs import REPO, free_port
+from tests.moto_server import REGION, moto_server
+from tests.procs import REPO
 
 SDK_BIN = REPO / ".venv-sdk" / "bin"
-REGION = "us-east-1"
 
 
 @pytest.fixture(scope="module")
@@ -23,29 +21,8 @@ def moto(tmp_path_factory):
     """A moto server and the environment that points the AWS SDKs at it."""
     if not (SDK_BIN / "moto_server").exists():
         pytest.fail(f"{SDK_BIN / 'moto_server'} is missing: run `make venv` (requirements/sdk.txt)")
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([str(SDK_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url + "/moto-api/", timeout=2)
-                break
-            except requests.RequestException:
-                assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
-                time.sleep(0.2)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(AWS_ENDPOINT_URL=url, AWS_DEFAULT_REGION=REGION, AWS_ACCESS_KEY_ID="testing",
-                   AWS_SECRET_ACCESS_KEY="testing", AWS_CONFIG_FILE=os.devnull,
-                   AWS_SHARED_CREDENTIALS_FILE=os.devnull, SAGEMAKER_SUPPRESS_V2_WARNING="1",
-                   SAGEMAKER_USER_CONFIG_OVERRIDE=str(REPO / "examples" / "sagemaker-defaults.yaml"))
+    with moto_server(tmp_path_factory.mktemp("moto")) as (url, env):
         yield url, env
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_guide_examples_make_the_intended_aws_calls(moto, tmp_path):
@@ -67,6 +44,16 @@ def test_guide_examples_make_the_intended_aws_calls(moto, tmp_path):
     assert asynchronous["async"]["OutputConfig"]["S3OutputPath"] == "s3://flan-t5-deploy-guide/async/"
     assert asynchronous["async"]["ClientConfig"] == {"MaxConcurrentInvocationsPerInstance": 4}
     assert asynchronous["container"]["Environment"]["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "3600"
+
+    capture = seen["data_capture"]
+    assert capture["status"] == "InService" and capture["variant"]["InstanceType"] == "ml.m5.xlarge"
+    assert capture["capture"] == {
+        "EnableCapture": True, "InitialSamplingPercentage": 100,
+        "DestinationS3Uri": "s3://flan-t5-deploy-guide/capture/",
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"],
+                                     "JsonContentTypes": ["application/json", "application/jsonlines"]},
+    }
 
     multi = seen["multi_model"]
     assert multi["container"]["Mode"] == "MultiModel"

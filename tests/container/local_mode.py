@@ -40,21 +40,23 @@ class LocalMode:
         self.env.pop("AWS_SESSION_TOKEN", None)
         self.env.pop("AWS_PROFILE", None)
 
-    def run(self, scenario: str, model_data: Path, questions: list[str], *, env: dict | None = None,
-            instance_type: str = "local", timeout: float = 600) -> dict:
-        """One driver run (deploy, ask, delete); what it saw."""
+    def run(self, scenario: str, model_data: Path | str, questions: list[str], *, env: dict | None = None,
+            instance_type: str = "local", timeout: float = 600, aws: dict | None = None) -> dict:
+        """One driver run (deploy, ask, delete); what it saw. ``model_data``: a local archive, or
+        an s3:// URI the SDK downloads (``aws``: the environment that points it at moto)."""
         self.runs += 1
         work = self.work / f"{self.runs}-{scenario}"
         work.mkdir()
         (work / "questions.txt").write_text("\n".join(questions) + "\n")
         cmd = [str(SDK_PYTHON), str(DRIVER), scenario, "--image", self.image,
-               "--model-data", f"file://{model_data}", "--port", str(free_port()),
+               "--model-data", model_data if isinstance(model_data, str) else f"file://{model_data}",
+               "--port", str(free_port()),
                "--questions", str(work / "questions.txt"), "--out", str(work / "seen.json"),
                "--instance-type", instance_type, "--env", json.dumps(env or {}),
                "--work", str(work / "files")]
         with open(work / "driver.log", "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **(aws or {})}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 code = proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -107,7 +107,15 @@ def env_probes(predictor, session, questions: list[str], port: int) -> dict:
     return seen
 
 
-PROBES = {"realtime": realtime_probes, "script": script_probes, "env": env_probes}
+def question_probes(predictor, session, questions: list[str], port: int) -> dict:
+    """A model.tar.gz whose own script reads {"question": ...} and answers {"answer": ...}."""
+    return {
+        "answers": [predictor.predict({"question": q}) for q in questions[:3]],
+        "inputs": invoke(session, predictor.endpoint_name, {"inputs": questions[0]}),
+    }
+
+
+PROBES = {"realtime": realtime_probes, "script": script_probes, "env": env_probes, "question": question_probes}
 
 
 def main() -> int:

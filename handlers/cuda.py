@@ -8,7 +8,7 @@
   loader does not look. Loaded once by path, a later dlopen by name finds it.
 - ``check_gpu``: the start-up check, safe before a fork (CUDA runs in a short child process
   only). No GPU: a warning (serve on the CPU). A GPU that CUDA cannot use: the reason.
-- ``free_slot`` / ``worker_gpu``: one gunicorn worker per GPU, each pinned to its own.
+- ``workers_for`` / ``free_slot`` / ``worker_gpu``: one gunicorn worker per GPU, each pinned to its own.
 - ``MemoryBudget`` and ``run_in_memory``: sequences per engine call bounded by the device's
   free memory; a batch that still runs out is split in halves and retried; a request that
   cannot fit alone gets a 400 naming what to lower, and the others are answered.
@@ -257,6 +257,11 @@ def check_gpu(required: str | None, evidence: Callable[[], str | None] = gpu_evi
 
 
 # --- one worker per GPU --------------------------------------------------------------------------
+def workers_for(configured: int | None, gpus: int) -> int:
+    """Worker processes: SAGEMAKER_MODEL_SERVER_WORKERS when set, else one per GPU (one without)."""
+    return configured if configured else max(gpus, 1)
+
+
 def free_slot(taken: Iterable[int], workers: int) -> int:
     """The lowest worker slot no live worker holds (a replacement takes the dead one's GPU)."""
     held = set(taken)
@@ -343,6 +348,14 @@ class MemoryBudget:
 
     def max_sequences(self, input_tokens: int, new_tokens: int, sequences_per_input: int = 1) -> int:
         return self.max_inputs(input_tokens, new_tokens, sequences_per_input) * max(sequences_per_input, 1)
+
+
+def torch_free_bytes(device) -> int:
+    """What torch may still allocate on ``device``: the device's free memory plus the blocks
+    torch's caching allocator holds but does not use."""
+    import torch
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 OUT_OF_MEMORY = ("out of memory", "cuda_error_out_of_memory", "cublas_status_alloc_failed")

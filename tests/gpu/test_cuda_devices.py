@@ -42,6 +42,15 @@ print(json.dumps({"error": check.error, "warning": check.warning, "driver": chec
     assert all(0 < free <= torch.cuda.get_device_properties(0).total_memory for free in seen["free"])
 
 
+def test_torch_free_bytes_counts_what_the_caching_allocator_holds_unused():
+    before = cuda.torch_free_bytes(0)
+    block = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    held = cuda.torch_free_bytes(0)
+    del block  # back to torch's cache, not to the device: still free for torch
+    assert abs(cuda.torch_free_bytes(0) - before) < (8 << 20)
+    assert abs(before - held - (256 << 20)) < (8 << 20)
+
+
 def test_bf16_is_native_only_from_compute_capability_8():
     capability = torch.cuda.get_device_capability()
     native = cuda.native_bf16(capability)

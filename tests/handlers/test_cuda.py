@@ -243,6 +243,11 @@ def test_torch_cuda_version_is_read_without_importing_torch(tmp_path):
 
 
 # --- one worker per GPU ----------------------------------------------------------------------------------
+def test_one_worker_per_gpu_unless_configured():
+    assert [cuda.workers_for(None, gpus) for gpus in (0, 1, 4, 8)] == [1, 1, 4, 8]
+    assert cuda.workers_for(2, 4) == 2 and cuda.workers_for(3, 0) == 3
+
+
 def test_worker_slots_take_a_gpu_each_and_share_in_turn():
     assert [cuda.worker_gpu(slot, 4) for slot in range(6)] == ["0", "1", "2", "3", "0", "1"]
     assert [cuda.worker_gpu(slot, 2, "5,7") for slot in range(3)] == ["5", "7", "5"]

@@ -39,11 +39,13 @@ $(VENV)/.installed: requirements/cpu.txt requirements/test.txt
 	.venv-sdk/bin/pip install --disable-pip-version-check -q -r requirements/sdk.txt
 	touch $@
 
-# nginx for the flask stack, Java for multi-model-server.
+# nginx for the flask stack, Java for multi-model-server, gcc for the stand-in CUDA libraries
+# of tests/handlers/test_cuda.py.
 system-packages:
 	@missing=""; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $$missing; \

@@ -8,10 +8,12 @@
 #   4. wheelhouse on the host (pip wheel -r requirements/cpu.txt): the builds need no network
 #   5. build Dockerfile.cpu with build.sh (--wheelhouse, --ca-cert)
 #   6. hadolint on both Dockerfiles
-#   7. build Dockerfile.gpu on the same base with the CPU torch wheel (proves it builds)
+#   7. build Dockerfile.gpu on the same base from PyPI's CUDA wheels (torch 2.13.0 there is CUDA
+#      13) plus CUDA 12's cuBLAS for CTranslate2: a real CUDA image, smoke-tested on the CPU
 #   8. moto_server (the ECR API) + Debian's registry with htpasswd auth: build.sh --push
 #   9. remove the local image, pull it back by digest, smoke-test it (tests/smoke/local.sh);
-#      smoke-test the GPU image on the CPU too; tests/smoke/local_gpu.sh says SKIPPED here
+#      smoke-test the GPU image on the CPU too; tests/smoke/local_gpu.sh checks its CUDA
+#      libraries, then says SKIPPED for the part that needs a GPU
 #  10. container tests (tests/container/) against the image pulled by digest
 #
 # Two ways to run it:
@@ -252,13 +254,31 @@ dci_wait_tools
 "$dci_tools/bin/hadolint" Dockerfile.cpu Dockerfile.gpu
 echo "hadolint: clean"
 
-# --- 7. gpu image (CPU torch wheel on the Debian base) -----------------------------------------
-dci_step "build Dockerfile.gpu on $dci_base_image with the CPU torch wheel"
+# --- 7. gpu image: PyPI's CUDA wheels on the Debian base -------------------------------------
+# PyTorch's own wheel index is not reachable here; PyPI (pip's default index, asked directly:
+# this machine's pip config points at mirrors holding only the +cpu wheel) serves torch 2.13.0
+# as a CUDA 13 build with its nvidia-* wheels; requirements/gpu.txt adds CUDA 12's cuBLAS for
+# CTranslate2. The other wheels are the CPU wheelhouse's, hard-linked, less its +cpu torch
+# (pip would prefer that local version).
+dci_step "GPU wheelhouse: PyPI's CUDA torch and requirements/gpu.txt"
+dci_gpu_wheelhouse="$dci_work/gpu-wheelhouse"
+mkdir -p "$dci_gpu_wheelhouse"
+dci_pypi="$(.venv/bin/python -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')"
+dci_cert_args=()
+[[ ! -f "$dci_ca" ]] || dci_cert_args=(--cert "$dci_ca")
+.venv/bin/pip download -q --isolated --disable-pip-version-check "${dci_cert_args[@]}" \
+    --index-url "$dci_pypi" -d "$dci_gpu_wheelhouse" "torch==2.13.0" -r requirements/gpu.txt \
+    > "$dci_work/gpu-wheelhouse.log" 2>&1 \
+    || { tail -20 "$dci_work/gpu-wheelhouse.log"; dci_die "pip download of the CUDA wheels failed"; }
+find "$dci_work/wheelhouse" -name '*.whl' ! -name 'torch-*' -exec ln -f {} "$dci_gpu_wheelhouse/" \;
+echo "$(find "$dci_gpu_wheelhouse" -name '*.whl' | wc -l) wheels, $(du -sh "$dci_gpu_wheelhouse" | cut -f1)"
+
+dci_step "build Dockerfile.gpu on $dci_base_image from PyPI's CUDA wheels"
 dci_build_started=$SECONDS
 dci_logged "$dci_work/build-gpu.log" ./build.sh --gpu --repo "$dci_repo" --version ci \
     --base-image "$dci_base_image" --torch-requirement "torch==2.13.0" \
-    --wheelhouse "$dci_work/wheelhouse" "${dci_ca_args[@]}"
-dci_facts+=("gpu image (CPU torch, Debian base): $(dci_image_size "$dci_repo:ci-gpu"), built in $((SECONDS - dci_build_started)) s")
+    --wheelhouse "$dci_gpu_wheelhouse" "${dci_ca_args[@]}"
+dci_facts+=("gpu image (PyPI's CUDA 13 torch + cuBLAS 12, Debian base): $(dci_image_size "$dci_repo:ci-gpu"), built in $((SECONDS - dci_build_started)) s")
 export GPU_IMAGE="$dci_repo:ci-gpu"
 
 # --- 8. push through moto's ECR API to a local registry --------------------------------------
@@ -321,7 +341,8 @@ dci_pull_started=$SECONDS
 docker pull -q "$dci_digest_uri"
 dci_facts+=("pull by digest: $((SECONDS - dci_pull_started)) s")
 bash tests/smoke/local.sh "$dci_digest_uri"
-# The GPU image built here carries the CPU wheel: its single-model stack runs on the CPU.
+# The GPU image on this GPU-less machine: its CUDA libraries load (local_gpu.sh checks them
+# before it skips the GPU part), and its single-model stack serves on the CPU.
 bash tests/smoke/local.sh "$GPU_IMAGE"
 bash tests/smoke/local_gpu.sh "$GPU_IMAGE"
 export CPU_IMAGE="$dci_digest_uri"

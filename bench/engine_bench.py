@@ -10,7 +10,7 @@ gunicorn -> flask -> batcher, 1 worker) over HTTP at each concurrency level with
 keep-alive clients; cold start (process start -> first 200 /ping, median of
 ``--cold-starts``) with the model already converted (``ctranslate2/`` shipped beside the HF
 files); PSS of the whole stack. Prints Markdown tables and ratios; draws throughput against
-concurrency per engine into ``docs/<prefix><model>.png``. ``--device cuda`` (bench/gpu.sh)
+concurrency per engine into ``docs/<prefix><model>.png``. ``--device cuda``
 runs the same on a GPU.
 """
 

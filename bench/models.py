@@ -8,6 +8,8 @@ DEMO_MODEL = REPO / "demo" / "model"
 SHAPES = {  # T5Config arguments
     "t5-small": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),  # 60M parameters
     "t5-base": dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),  # 250M parameters
+    "flan-t5-base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12),  # 248M parameters
+    "flan-t5-large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16),  # 783M parameters
 }
 
 

@@ -7,6 +7,8 @@ from sagemaker.model import Model
 from sagemaker.predictor import Predictor
 from sagemaker.serializers import JSONSerializer
 
+from examples.realtime import inference_ami  # the AMI a GPU instance type needs (driver >= 525)
+
 
 def deploy_async(image_uri, model_data, role, session, output_path, instance_type="ml.m5.xlarge"):
     model = Model(image_uri=image_uri, model_data=model_data, role=role, predictor_cls=Predictor,
@@ -14,6 +16,7 @@ def deploy_async(image_uri, model_data, role, session, output_path, instance_typ
     return model.deploy(  # an AsyncPredictor
         initial_instance_count=1,
         instance_type=instance_type,
+        inference_ami_version=inference_ami(instance_type),
         async_inference_config=AsyncInferenceConfig(
             output_path=output_path,  # "s3://bucket/async-answers/"
             max_concurrent_invocations_per_instance=4,

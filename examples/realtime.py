@@ -10,6 +10,17 @@ from sagemaker.model import Model
 from sagemaker.predictor import Predictor
 from sagemaker.serializers import CSVSerializer, JSONSerializer
 
+# The GPU image is CUDA 12: it needs an NVIDIA driver >= 525. SageMaker's GPU hosts (ml.g4dn,
+# ml.g5, ml.p3, ml.p4d) run driver 470 unless the endpoint asks for a newer AMI: this one has
+# driver 550 (CUDA 12.4). "al2-ami-sagemaker-inference-gpu-2-1" (driver 535) works too.
+GPU_AMI = "al2-ami-sagemaker-inference-gpu-3-1"
+
+
+def inference_ami(instance_type):
+    """The AMI for a GPU instance type (ml.g*, ml.p*); None for CPU types and local mode."""
+    family = instance_type.split(".")[1] if instance_type.startswith("ml.") else ""
+    return GPU_AMI if family[:1] in ("g", "p") else None
+
 
 def deploy(image_uri, model_data, role, session, instance_type="ml.m5.xlarge", env=None):
     model = Model(
@@ -23,6 +34,7 @@ def deploy(image_uri, model_data, role, session, instance_type="ml.m5.xlarge", e
     return model.deploy(
         initial_instance_count=1,
         instance_type=instance_type,
+        inference_ami_version=inference_ami(instance_type),  # a driver for the GPU image
         serializer=JSONSerializer(),
         deserializer=JSONDeserializer(),
     )

@@ -1,6 +1,7 @@
 """Run with the SDK's venv (.venv-sdk) by test_on_moto.py, with AWS_ENDPOINT_URL pointing at a
 moto server: the deploy guide's code for what local mode cannot run (serverless, async,
-multi-model, autoscaling, data capture) makes its SageMaker, S3 and Application Auto Scaling calls, which
+multi-model, autoscaling, data capture, a GPU instance type's AMI) makes its SageMaker, S3 and Application
+Auto Scaling calls, which
 botocore checks against the real API's shapes; writes what AWS (moto) then describes, as
 JSON, to the file named by the first argument."""
 
@@ -15,9 +16,10 @@ import sagemaker
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from examples import async_inference, autoscaling, data_capture, multi_model, serverless  # noqa: E402
+from examples import async_inference, autoscaling, data_capture, multi_model, realtime, serverless  # noqa: E402
 
 IMAGE = "111122223333.dkr.ecr.us-east-1.amazonaws.com/flan-t5-sagemaker:0.1.0-cpu"
+GPU_IMAGE = "111122223333.dkr.ecr.us-east-1.amazonaws.com/flan-t5-sagemaker:0.1.0-gpu"
 ROLE = "arn:aws:iam::111122223333:role/SageMakerRole"
 BUCKET = "flan-t5-deploy-guide"
 # moto's endpoints are InService at once: the SDK need not wait 30 s before looking.
@@ -49,6 +51,13 @@ def main() -> int:
 
     predictor = data_capture.deploy_with_capture(IMAGE, model_data, ROLE, session, f"s3://{BUCKET}/capture/")
     seen["data_capture"] = described(sm, predictor.endpoint_name)
+
+    # GPU instance types (moto's list has no ml.g5): the AMI the GPU image needs
+    predictor = realtime.deploy(GPU_IMAGE, model_data, ROLE, session, instance_type="ml.g4dn.xlarge")
+    seen["realtime_gpu"] = described(sm, predictor.endpoint_name)
+    predictor = async_inference.deploy_async(GPU_IMAGE, model_data, ROLE, session, f"s3://{BUCKET}/async-gpu/",
+                                             instance_type="ml.g4dn.12xlarge")
+    seen["async_gpu"] = described(sm, predictor.endpoint_name)
 
     endpoint, predictor = multi_model.deploy_multi_model(IMAGE, f"s3://{BUCKET}/models/", ROLE, session)
     multi_model.add_model(endpoint, model_data, "support-v2.tar.gz")

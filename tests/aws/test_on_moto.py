@@ -41,6 +41,11 @@ def test_guide_examples_make_the_intended_aws_calls(moto, tmp_path):
 
     asynchronous = seen["async"]
     assert asynchronous["predictor"] == "AsyncPredictor"
+    assert "InferenceAmiVersion" not in asynchronous["variant"]  # ml.m5: a CPU instance takes the default
+    # GPU instance types ask for an AMI whose driver runs the CUDA 12 image (SageMaker's default is 470)
+    for name, instance_type in (("realtime_gpu", "ml.g4dn.xlarge"), ("async_gpu", "ml.g4dn.12xlarge")):
+        assert seen[name]["variant"]["InstanceType"] == instance_type
+        assert seen[name]["variant"]["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-gpu-3-1"
     assert asynchronous["async"]["OutputConfig"]["S3OutputPath"] == "s3://flan-t5-deploy-guide/async/"
     assert asynchronous["async"]["ClientConfig"] == {"MaxConcurrentInvocationsPerInstance": 4}
     assert asynchronous["container"]["Environment"]["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "3600"

@@ -7,13 +7,16 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: tests/smoke/local.sh IMAGE [--model DIR] [--port PORT] [-- DOCKER_RUN_ARGS...]
+Usage: tests/smoke/local.sh IMAGE [--model DIR] [--port PORT] [--expect-log TEXT] [-- DOCKER_RUN_ARGS...]
 
   IMAGE         the image to test, e.g. flan-t5-sagemaker:0.1.0-cpu
   --model DIR   model directory mounted read-only at /opt/ml/model
                 (default: demo/model, the demo model; its answers come from
                 demo/data/biography_qa.jsonl)
   --port PORT   host port on 127.0.0.1 (default: a free one)
+  --expect-log TEXT
+                the server's log must hold TEXT once the question is answered
+                (tests/smoke/local_gpu.sh: ' on cuda', the model loaded on the GPU)
   -- ARGS       extra `docker run` arguments (tests/smoke/local_gpu.sh passes --gpus all)
 
 Environment: DOCKER (client, default docker), SMOKE_PING_TIMEOUT (seconds, default 180).
@@ -30,12 +33,14 @@ DOCKER="${DOCKER:-docker}"
 IMAGE=""
 MODEL_DIR="$ROOT/demo/model"
 PORT=""
+EXPECT_LOG=""
 RUN_ARGS=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --model) MODEL_DIR="$2"; shift ;;
         --port) PORT="$2"; shift ;;
+        --expect-log) EXPECT_LOG="$2"; shift ;;
         --) shift; RUN_ARGS=("$@"); break ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) [[ -z "$IMAGE" ]] || die "one IMAGE only"; IMAGE="$1" ;;
@@ -109,6 +114,11 @@ if got != want:
     sys.exit(f"answer {got!r}, expected {want!r}")' "$WORK/body" "$answer" \
     || die "wrong answer to $question"
 echo "local.sh: $question -> $(cat "$WORK/body")"
+if [[ -n "$EXPECT_LOG" ]]; then
+    "$DOCKER" logs "$NAME" > "$WORK/log" 2>&1
+    grep -qF -- "$EXPECT_LOG" "$WORK/log" || { tail -n 40 "$WORK/log" >&2; die "the log has no '$EXPECT_LOG'"; }
+    echo "local.sh: log: $(grep -F -- "$EXPECT_LOG" "$WORK/log" | head -n 1)"
+fi
 
 status="$(request POST /invocations application/json '{"inputs": ')"
 [[ "$status" == 400 ]] || die "malformed JSON -> $status (expected 400): $(cat "$WORK/body")"

@@ -59,7 +59,7 @@ class MmsBackend:
             time.sleep(0.1)
         budget_mb = s.memory_budget_mb
         policy = memory.MemoryPolicy(s.memory_reserve_mb * memory.MiB, budget_mb and budget_mb * memory.MiB,
-                                     backend=s.handler.backend)
+                                     config=s.handler)
         queues = QueueSettings(lanes=s.workers, max_batch=s.mms_batch_requests,
                                max_wait_s=s.handler.max_batch_wait_ms / 1000, timeout_s=s.timeout_s,
                                http_timeout_s=s.backend_timeout_s,

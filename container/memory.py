@@ -8,10 +8,12 @@ several workers needs; RSS is reported too.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from handlers.config import HandlerConfig
 from handlers.convert import shipped_model
+from handlers.engine import choose_backend
 from handlers.errors import InsufficientStorage
 
 MiB = 1024 * 1024
@@ -130,20 +132,21 @@ class MemoryPolicy:
 
     reserve_bytes: int = 256 * MiB
     budget_bytes: int | None = None
-    backend: str = "transformers"  # INFERENCE_BACKEND
-    worker_fixed_bytes: int = 0  # FIRST_WORKER_ESTIMATE[backend] until learned from a load
+    config: HandlerConfig = field(default_factory=HandlerConfig)  # which engine serves a model
+    # What one worker costs beyond its weights, per engine: FIRST_WORKER_ESTIMATE until a load measures it.
+    worker_fixed_bytes: dict[str, int] = field(default_factory=lambda: dict(FIRST_WORKER_ESTIMATE))
 
-    def __post_init__(self):
-        self.worker_fixed_bytes = self.worker_fixed_bytes or FIRST_WORKER_ESTIMATE[self.backend]
+    def backend(self, model_dir: Path) -> str:
+        return choose_backend(model_dir, self.config)[0]
 
     def weights(self, model_dir: Path) -> int:
         """What one worker holds of the model: with CTranslate2, the converted model when the dir
         ships one (else the checkpoint, which a conversion never makes bigger)."""
-        shipped = shipped_model(model_dir) if self.backend == "ctranslate2" else None
+        shipped = shipped_model(model_dir) if self.backend(model_dir) == "ctranslate2" else None
         return int(WEIGHTS_FACTOR * weights_bytes(shipped or model_dir))
 
     def estimate(self, model_dir: Path, workers: int) -> int:
-        return workers * (self.worker_fixed_bytes + self.weights(model_dir))
+        return workers * (self.worker_fixed_bytes[self.backend(model_dir)] + self.weights(model_dir))
 
     def check(self, name: str, model_dir: Path, workers: int, used_bytes: int) -> None:
         """Raise 507 when loading ``model_dir`` with ``workers`` workers would not fit."""
@@ -159,4 +162,5 @@ class MemoryPolicy:
 
     def learn(self, model_dir: Path, workers: int, pss_bytes: int) -> None:
         """Refine what one worker costs beyond its weights from a model just loaded."""
-        self.worker_fixed_bytes = max(MIN_WORKER_BYTES, pss_bytes // workers - self.weights(model_dir))
+        self.worker_fixed_bytes[self.backend(model_dir)] = max(
+            MIN_WORKER_BYTES, pss_bytes // workers - self.weights(model_dir))

@@ -49,6 +49,7 @@ import io  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
@@ -87,6 +88,11 @@ MODEL_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
 )
+# The model converted for CTranslate2 (the default engine), shipped beside them so that no start
+# converts it: int8, the CPU default compute type (python -m tools.convert ... --quantization int8).
+CONVERTED = "ctranslate2"
+CONVERTED_FILES = ("config.json", "generation_config.json", "model.bin", "shared_vocabulary.json",
+                   "tokenizer.json", "tokenizer_config.json")
 
 # Hyper-parameters.
 SPM_VOCAB_SIZE = 1000  # + 100 extra ids = 1100 tokens
@@ -583,6 +589,8 @@ def write_tarball(model_dir: Path, script: Path, tar_path: Path) -> None:
     """Deterministic model.tar.gz: files at the root + code/inference.py, sorted, mtime 0,
     uid/gid 0, modes 0644 (files) / 0755 (dirs), gzip header without name or time."""
     entries: list[tuple[str, bytes | None]] = [(name, (model_dir / name).read_bytes()) for name in MODEL_FILES]
+    entries.append((CONVERTED, None))
+    entries += [(f"{CONVERTED}/{name}", (model_dir / CONVERTED / name).read_bytes()) for name in CONVERTED_FILES]
     entries.append(("code", None))
     entries.append(("code/inference.py", script.read_bytes()))
     entries.sort(key=lambda e: e[0])
@@ -643,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training: {stats['steps']} steps in {stats['seconds']:.1f}s")
     save_model(model, model_dir)
     check_tokenizer_loading(model_dir, [r["question"] for r in rows[:50]] + [r["answer"] for r in rows[:50]])
+    subprocess.run([sys.executable, "-m", "tools.convert", str(model_dir), str(model_dir / CONVERTED),
+                    "--quantization", "int8"], cwd=REPO_ROOT, check=True)
     write_tarball(model_dir, INFERENCE_SCRIPT, args.tar)
 
     sizes = {name: (model_dir / name).stat().st_size for name in MODEL_FILES}

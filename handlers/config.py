@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-BACKENDS = ("transformers", "ctranslate2")
+BACKENDS = ("auto", "ctranslate2", "transformers")
 
 
 class ConfigError(ValueError):
@@ -56,7 +56,7 @@ class HandlerConfig:
     max_input_tokens: int | None = None  # INFERENCE_MAX_INPUT_TOKENS (default: the model's limit)
     max_batch_size: int = 32  # INFERENCE_MAX_BATCH_SIZE: prompts per engine call
     max_batch_wait_ms: float = 20.0  # INFERENCE_MAX_BATCH_WAIT_MS: wait to fill a batch, under load
-    backend: str = "transformers"  # INFERENCE_BACKEND: transformers or ctranslate2
+    backend: str = "auto"  # INFERENCE_BACKEND: auto (CTranslate2 where it runs the model), ctranslate2, transformers
     compute_type: str | None = None  # CT2_COMPUTE_TYPE (default int8 on CPU, bfloat16 on capable GPUs)
     ct2_cache_dir: str | None = None  # CT2_CACHE_DIR: converted checkpoints (default ~/.cache/...)
     threads: int | None = None  # engine threads (INFERENCE_TORCH_THREADS; default: the cores)

@@ -1,10 +1,11 @@
 """The CTranslate2 engine: a converted model (``ctranslate2.Translator``) and a ``tokenizers``
 tokenizer, with no torch at run time.
 
-Loading only checks files (so a gunicorn master may load before it forks); ``place()``, on
-the model thread of the serving process, converts the checkpoint when no converted model
-exists (once, in a subprocess, into a cache) and builds the Translator, which starts
-CTranslate2's own threads (and CUDA) in the process that will use them.
+Loading finds the converted model (converting the checkpoint when none was shipped: once, in a
+subprocess, into a cache) and reads its files, so a gunicorn master may load before it forks;
+``place()``, in the serving process, builds the Translator, which starts CTranslate2's own
+threads (and CUDA). Every generation parameter maps onto CTranslate2's options (``_options``);
+how close each comes to transformers is measured in docs/BENCHMARKS.md ("Parameters").
 """
 
 import json
@@ -28,18 +29,10 @@ COMPUTE_TYPES = {"cpu": ("int8", "int8_float32", "float32"), "cuda": ("bfloat16"
 GENERATION_DEFAULTS = {"num_beams": 1, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
                        "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "length_penalty": 1.0,
                        "early_stopping": False, "min_new_tokens": 0}
-BACKEND = "with INFERENCE_BACKEND=ctranslate2"
-ON_LOGITS = "CTranslate2 applies it to the logits, transformers' beam search to the log-probabilities"
-# In a beam search: (parameter, refused when, why). Greedy search and sampling match transformers.
-BEAM_SEARCH_REFUSALS = (
-    ("do_sample", lambda v: v, "beam sampling is not available"),
-    ("early_stopping", lambda v: v is not True, "CTranslate2 ends a beam search once num_beams hypotheses "
-     "are finished, which is transformers' early_stopping true: send \"early_stopping\": true"),
-    ("length_penalty", lambda v: v == 0, "CTranslate2 then stops at the first finished beam"),
-    ("min_new_tokens", lambda v: v != 0, ON_LOGITS),
-    ("repetition_penalty", lambda v: v != 1, ON_LOGITS),
-    ("no_repeat_ngram_size", lambda v: v != 0, ON_LOGITS),
-)
+# A beam search ends once beam_size x patience hypotheses are finished. Patience 1 is
+# transformers' early_stopping true; 2 gave transformers' answers for early_stopping false and
+# "never" on the whole demo set (and for every other beam-search parameter measured).
+PATIENCE = {True: 1, False: 2, "never": 2}
 
 
 def read_json(path: Path | None) -> dict | list:
@@ -145,18 +138,12 @@ class CTranslate2Engine:
         return self.defaults[name] if value is None else value
 
     def check(self, params: GenerationParams) -> None:
-        """400 for what CTranslate2 cannot do as transformers does."""
+        """400 for ``seed``, the one parameter CTranslate2 cannot honour."""
         if params.seed is not None:
-            raise BadRequest(f"parameter 'seed' is not supported {BACKEND}: CTranslate2 seeds its sampler "
-                             "once per worker thread, so a request cannot choose its seed")
-        if self._value(params, "num_beams") == 1:
-            return
-        for name, refused, why in BEAM_SEARCH_REFUSALS:
-            value = self._value(params, name)
-            if refused(value):
-                given = "" if getattr(params, name) is not None else " (the model's default)"
-                raise BadRequest(f"parameter {name!r} = {json.dumps(value)}{given} is not supported in a beam "
-                                 f"search (num_beams > 1) {BACKEND}: {why}")
+            raise BadRequest("parameter 'seed' is not supported on the CTranslate2 engine: its sampler draws from "
+                             "one random generator per engine thread, seeded once when the thread starts, so a "
+                             "request cannot choose its seed (leave seed out, or serve with "
+                             "INFERENCE_BACKEND=transformers)")
 
     def batch_key(self, params: GenerationParams) -> Hashable:
         """Greedy search and sampling stop each sequence on its own (see ``run``): requests that
@@ -175,11 +162,11 @@ class CTranslate2Engine:
         if value("do_sample"):
             options.update(sampling_topk=value("top_k"), sampling_topp=value("top_p"),
                            sampling_temperature=value("temperature"))
-            return options, params.num_return_sequences
         if value("num_beams") > 1:
             options.update(beam_size=value("num_beams"), num_hypotheses=params.num_return_sequences,
-                           length_penalty=value("length_penalty"), patience=1)
-        return options, 1
+                           length_penalty=value("length_penalty"), patience=PATIENCE[value("early_stopping")])
+            return options, 1
+        return options, params.num_return_sequences if value("do_sample") else 1
 
     def _strip(self, ids: list[int]) -> list[int]:
         return ids[:-1] if ids and ids[-1] == self.eos_token_id else ids

@@ -1,7 +1,7 @@
 """The engine under ``FlanT5Model``: token ids in, token ids out, a batch of jobs at a time.
 
-``INFERENCE_BACKEND`` picks one: ``transformers`` (torch, ``model.generate``) or
-``ctranslate2`` (a converted model, no torch). Everything above the engine (prompts,
+``INFERENCE_BACKEND`` picks one: ``ctranslate2`` (a converted model, no torch), ``transformers``
+(torch, ``model.generate``), or ``auto`` (the default: ``choose_backend``). Everything above the engine (prompts,
 truncation, stop sequences, scheduling, errors) is ``handlers.flan_t5``'s and
 ``handlers.scheduler``'s. This module also holds what a serving process does for an engine
 around a fork: ``loads_before_fork`` (may the gunicorn master load, so that workers share the
@@ -9,6 +9,7 @@ weights?) and ``preload_modules`` (imports a parent may do before it forks worke
 """
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Hashable
@@ -21,6 +22,8 @@ from handlers.config import HandlerConfig
 from handlers.errors import ModelLoadError
 from handlers.generation import GenerationParams
 from handlers.scheduler import Job
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -81,23 +84,56 @@ def model_type(path: Path) -> str | None:
         return None
 
 
+CT2_FAMILIES = ("t5",)  # model types whose conversion a test here checks against transformers
+
+
+def choose_backend(path: Path, config: HandlerConfig) -> tuple[str, str]:
+    """(backend, why). ``auto``: CTranslate2 for the families its conversion is tested for here,
+    where it can run on the device; transformers otherwise."""
+    if config.backend != "auto":
+        return config.backend, f"INFERENCE_BACKEND={config.backend}"
+    hf_weights = any((path / name).is_file() for name in WEIGHT_FILES)
+    if (path / "model.bin").is_file() and not hf_weights:
+        return "ctranslate2", "auto: the model dir holds a CTranslate2 model only"
+    family = model_type(path)
+    if family not in CT2_FAMILIES:
+        return "transformers", f"auto: model type {family!r} is not one whose CTranslate2 conversion is tested here"
+    if (config.device or ("cuda" if gpu_visible() else "cpu")).startswith("cuda"):
+        from handlers import cuda
+        cublas = cuda.preload_cublas12()
+        if not cublas.ok:
+            return "transformers", f"auto: CTranslate2 cannot use the GPU here ({cublas})"
+    return "ctranslate2", f"auto: a {family} model, which CTranslate2 runs"
+
+
 def load_engine(path: Path, config: HandlerConfig) -> Engine:
-    """Load without running anything (a process may fork after this): see ``Engine.place``."""
-    if config.backend == "ctranslate2":
+    """Load without running anything (a process may fork after this): see ``Engine.place``. With
+    ``auto``, a model CTranslate2 cannot convert or load is served by transformers, saying why."""
+    backend, why = choose_backend(path, config)
+    if backend == "ctranslate2":
         from handlers.ct2_engine import CTranslate2Engine
-        return CTranslate2Engine.load(path, config)
-    if (path / "model.bin").is_file() and not any((path / name).is_file() for name in WEIGHT_FILES):
+        try:
+            engine = CTranslate2Engine.load(path, config)
+            log.info("engine for %s: ctranslate2 (%s)", path, why)
+            return engine
+        except ModelLoadError as exc:
+            if config.backend != "auto":
+                raise
+            why = f"auto: CTranslate2 cannot serve it: {exc.message}"
+    elif (path / "model.bin").is_file() and not any((path / name).is_file() for name in WEIGHT_FILES):
         raise ModelLoadError(f"{path} holds a CTranslate2 model: serve it with INFERENCE_BACKEND=ctranslate2")
     from handlers.transformers_engine import TransformersEngine
-    return TransformersEngine.load(path, config)
+    engine = TransformersEngine.load(path, config)
+    log.info("engine for %s: transformers (%s)", path, why)
+    return engine
 
 
-def loads_before_fork(config: HandlerConfig) -> bool:
+def loads_before_fork(config: HandlerConfig, model_dir: str | None = None) -> bool:
     """Whether a parent may load the model before forking workers that run it: transformers on
     the CPU (workers share the weights copy-on-write; torch runs nothing before the fork), not
     with CUDA (it cannot cross a fork), asked without initialising CUDA. CTranslate2 loads only
     check files before its ``place`` builds the Translator, so loading before a fork is safe."""
-    if config.backend != "transformers":
+    if config.backend == "ctranslate2" or (model_dir and choose_backend(Path(model_dir), config)[0] == "ctranslate2"):
         return True
     if config.device:
         return config.device == "cpu"
@@ -110,7 +146,7 @@ def preload_modules(config: HandlerConfig, model_dir: str | None = None) -> None
     """Import what loading a model with ``config`` will need, and nothing that starts a thread:
     a parent that forks workers pays the imports once and its workers share the pages."""
     import handlers.service  # noqa: F401 - what every load needs
-    if config.backend == "ctranslate2":
+    if choose_backend(Path(model_dir or "."), config)[0] == "ctranslate2":
         import ctranslate2  # noqa: F401 - importing starts no thread; a Translator would
 
         import handlers.ct2_engine  # noqa: F401 - tokenizers

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
+from handlers import cuda
 from handlers.artifacts import resolve_model_dir
 from handlers.codecs import Generation
 from handlers.config import HandlerConfig
@@ -135,8 +136,28 @@ class FlanT5Model:
         return Generation(tuple(cut_at_stop(t, params.stop) for t in texts), truncated)
 
     def _run(self, jobs: list[GenerationJob]) -> None:
+        """A batch on the engine, in calls that fit the device's memory budget (GPU); a call that
+        still runs out of memory is split and retried, and a prompt that cannot fit alone is a
+        400 naming what to lower (``handlers.cuda``)."""
+        params, budget = jobs[0].params, getattr(self.engine, "budget", None)
+        per_input = (params.num_beams or 1) * params.num_return_sequences
+        size = len(jobs) if budget is None else budget.max_inputs(
+            max(len(j.ids) for j in jobs), max(j.max_new_tokens for j in jobs), per_input)
+        for start in range(0, len(jobs), size):
+            for job, error in zip(jobs[start:start + size], cuda.run_in_memory(
+                    self._run_unanswered, jobs[start:start + size], too_big=self._too_big)):
+                if error is not None:
+                    job.fail(error)
+
+    def _run_unanswered(self, jobs: list[GenerationJob]) -> list[None]:
         log.debug("batch of %d prompt(s)", len(jobs))
-        self.engine.run(jobs)
+        self.engine.run([job for job in jobs if not job.future.done()])
+        return [None] * len(jobs)
+
+    @staticmethod
+    def _too_big(job: GenerationJob) -> InferenceError:
+        return cuda.does_not_fit(len(job.ids), job.max_new_tokens, job.params.num_beams or 1,
+                                 job.params.num_return_sequences)
 
     def stream(self, prompt: str, params: GenerationParams, timeout: float) -> "TextStream":
         if params.num_beams not in (None, 1) or params.num_return_sequences != 1:

@@ -48,9 +48,13 @@ class Job:
         return self.cost > LONG_COST
 
     def resolve(self, value) -> None:
-        """Answer the job, unless it was cancelled meanwhile (its caller gave up)."""
+        """Answer the job, unless it was answered or cancelled meanwhile (its caller gave up)."""
         with contextlib.suppress(InvalidStateError):
             self.future.set_result(value)
+
+    def fail(self, error: BaseException) -> None:
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_exception(error)
 
 
 @dataclass
@@ -151,8 +155,7 @@ class Scheduler:
                 log.exception("%s: a batch of %d failed", self.name, len(batch))
                 error = exc if isinstance(exc, InferenceError) else InternalError.from_exception("generate", exc)
             for job in batch:
-                with contextlib.suppress(InvalidStateError):  # answered, or cancelled
-                    job.future.set_exception(error)
+                job.fail(error)  # unless answered
             lane.duration = time.monotonic() - started
             with self.cond:
                 lane.busy = lane.long = False

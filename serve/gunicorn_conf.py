@@ -22,7 +22,7 @@ bind = os.environ["SERVE_UPSTREAM"]
 workers = _settings.workers if _settings.stack == "flask" else 1
 worker_class = "gthread"
 threads = _settings.http_threads
-preload_app = _settings.stack == "flask" and loads_before_fork(_settings.handler)
+preload_app = _settings.stack == "flask" and loads_before_fork(_settings.handler, _settings.model_dir)
 timeout = _settings.worker_timeout_s
 graceful_timeout = _settings.drain_s
 keepalive = KEEPALIVE_S

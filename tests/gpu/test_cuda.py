@@ -21,12 +21,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 def test_demo_model_on_cuda_in_bf16_answers_like_fp32_cpu(qa_pairs):
     from handlers import HandlerConfig, load_model, predict
-    gpu = load_model(DEMO_MODEL)
+    gpu = load_model(DEMO_MODEL, HandlerConfig(backend="transformers"))
     assert gpu.engine.device.type == "cuda"
     # bf16 only where the GPU computes it (is_bf16_supported() also says yes on T4 and V100)
     assert next(gpu.engine.model.parameters()).dtype == (
         torch.bfloat16 if native_bf16(torch.cuda.get_device_capability()) else torch.float32)
-    cpu = load_model(DEMO_MODEL, HandlerConfig(device="cpu"))
+    cpu = load_model(DEMO_MODEL, HandlerConfig(backend="transformers", device="cpu"))
     questions = [p["question"] for p in qa_pairs]
     gpu_answers = [a["generated_text"] for a in predict(gpu, questions)]
     cpu_answers = [a["generated_text"] for a in predict(cpu, questions)]
@@ -35,7 +35,7 @@ def test_demo_model_on_cuda_in_bf16_answers_like_fp32_cpu(qa_pairs):
     cpu_exact = sum(a == e for a, e in zip(cpu_answers, expected)) / len(expected)
     print(f"exact match: cuda {gpu_exact:.1%}, cpu fp32 {cpu_exact:.1%}")
     assert gpu_exact >= 0.95
-    fp32 = load_model(DEMO_MODEL, HandlerConfig(dtype="float32"))
+    fp32 = load_model(DEMO_MODEL, HandlerConfig(backend="transformers", dtype="float32"))
     assert [a["generated_text"] for a in predict(fp32, questions)] == cpu_answers
 
 

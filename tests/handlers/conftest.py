@@ -52,10 +52,11 @@ def demo_qa() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def demo_model(demo_dir):
-    """The demo model loaded once through the public API, started (placed, warmed up)."""
-    from handlers import load_model
+    """The demo model on transformers (the reference engine), loaded once through the public
+    API, started (placed, warmed up)."""
+    from handlers import HandlerConfig, load_model
 
-    model = load_model(demo_dir)
+    model = load_model(demo_dir, HandlerConfig(backend="transformers"))
     model.start()
     return model
 

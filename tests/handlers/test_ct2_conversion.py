@@ -44,7 +44,7 @@ def test_seed_layout_converts_with_a_tokenizer_json_and_answers_like_transformer
     assert not (seed_layout / "tokenizer.json").exists()
     questions = [row["question"] for row in demo_qa[::4]]
     converted = load_model(out, HandlerConfig(backend="ctranslate2", compute_type="int8"))
-    assert texts(predict(converted, questions)) == texts(predict(load_model(seed_layout, HandlerConfig()),
+    assert texts(predict(converted, questions)) == texts(predict(load_model(seed_layout, HandlerConfig(backend="transformers")),
                                                                  questions))
 
 

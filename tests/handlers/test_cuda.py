@@ -384,22 +384,35 @@ def test_the_failed_calls_memory_is_unreachable_when_the_cache_is_freed():
     cuda.free_device_cache()  # on a CPU-only torch: collects, and has no CUDA cache to empty
 
 
-def test_split_batches_of_the_demo_model_answer_as_one_batch(demo_model, demo_qa):
-    """The real model behind an injected out-of-memory error above 3 prompts."""
+def test_split_batches_of_the_demo_model_answer_as_one_batch(demo_dir, demo_qa):
+    """The real model behind an injected out-of-memory error above 3 prompts: the batch is split
+    in halves until it fits, and every prompt gets the answer it gets in one batch."""
+    from handlers import HandlerConfig, load_model
+    from handlers.engine import GenerationJob
     from handlers.generation import GenerationParams
-    questions = [row["question"] for row in demo_qa[:10]]
+
+    model = load_model(demo_dir, HandlerConfig(backend="transformers"))
+    model.start()
     params = GenerationParams(max_new_tokens=16)
-    whole = [g.texts for g in demo_model._generate(questions, params)]
-    calls = []
 
-    def run(items):
-        calls.append(len(items))
-        if len(items) > 3:
+    def jobs():
+        ids, _ = model._encode([row["question"] for row in demo_qa[:10]])
+        return [GenerationJob(key=None, ids=i, params=params, max_new_tokens=16) for i in ids]
+
+    whole = jobs()
+    model._run(whole)
+    calls, engine_run = [], model.engine.run
+
+    def run(batch):
+        calls.append(len(batch))
+        if len(batch) > 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return demo_model._generate(items, params)
+        engine_run(batch)
 
-    split = cuda.run_in_memory(run, questions, too_big=pytest.fail, free_cache=lambda: None)
-    assert [g.texts for g in split] == whole
+    model.engine.run = run
+    split = jobs()
+    model._run(split)
+    assert [j.future.result(0) for j in split] == [j.future.result(0) for j in whole]
     assert calls == [10, 5, 3, 2, 5, 3, 2]
 
 

@@ -49,7 +49,7 @@ def test_pytorch_model_bin_and_safetensors_give_identical_answers(bin_dir, demo_
 def test_pytorch_model_bin_weights_equal_the_safetensors_weights(bin_dir, demo_model):
     import torch
 
-    model = load_model(bin_dir)
+    model = load_model(bin_dir, HandlerConfig(backend="transformers"))
     theirs = demo_model.engine.model.state_dict()
     for name, tensor in model.engine.model.state_dict().items():
         assert torch.equal(tensor, theirs[name]), name
@@ -57,7 +57,7 @@ def test_pytorch_model_bin_weights_equal_the_safetensors_weights(bin_dir, demo_m
 
 def test_spiece_model_only_tokenizer(spiece_only_dir, demo_model, demo_answers, sample):
     assert not (spiece_only_dir / "tokenizer.json").exists()
-    model = load_model(spiece_only_dir)
+    model = load_model(spiece_only_dir, HandlerConfig(backend="transformers"))
     assert answers(model, sample) == [demo_answers[q] for q in sample]
     text = "Where was Zoë Ferrwick born? <extra_id_0>"
     assert model.engine.tokenizer(text).input_ids == demo_model.engine.tokenizer(text).input_ids

@@ -99,7 +99,7 @@ def test_generate_groups_requests_with_equal_parameters(demo_model, known):
 
 
 def test_truncation_is_reported(demo_dir, known):
-    model = load_model(demo_dir, HandlerConfig(max_input_tokens=8))
+    model = load_model(demo_dir, HandlerConfig(backend="transformers", max_input_tokens=8))
     assert model.max_input_tokens == 8
     long_question = next(q for q, _ in known if len(model.engine.tokenizer(q).input_ids) > 8)
     short = "born"
@@ -159,20 +159,20 @@ def test_seeded_result_does_not_depend_on_batch_companions(demo_model, known):
 @pytest.mark.parametrize("dtype", ["float16", "fp16", "half", "FLOAT16"])
 def test_fp16_is_refused(demo_dir, dtype):
     with pytest.raises(ModelLoadError, match="float16|fp16") as info:
-        load_model(demo_dir, HandlerConfig(dtype=dtype))
+        load_model(demo_dir, HandlerConfig(backend="transformers", dtype=dtype))
     assert info.value.status == 422
 
 
 def test_unknown_dtype_is_refused(demo_dir):
     with pytest.raises(ModelLoadError, match="int8"):
-        load_model(demo_dir, HandlerConfig(dtype="int8"))
+        load_model(demo_dir, HandlerConfig(backend="transformers", dtype="int8"))
 
 
 def test_dtype_override_and_cpu_default(demo_dir, demo_model, known):
     assert demo_model.engine.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         assert next(demo_model.engine.model.parameters()).dtype == torch.float32
-    model = load_model(demo_dir, HandlerConfig(dtype="bfloat16", device="cpu"))
+    model = load_model(demo_dir, HandlerConfig(backend="transformers", dtype="bfloat16", device="cpu"))
     assert next(model.engine.model.parameters()).dtype == torch.bfloat16
     assert model.engine.device == torch.device("cpu")
     [got] = predict(model, [known[0][0]])

@@ -13,6 +13,7 @@ from container import memory, protocol
 from container.mms_config import ConfigValueError, MmsConfig, escape_property, java_memory_flags
 from container.mms_process import MMS_MAX_PORT, pick_internal_port
 from container.model_registry import mms_name, resolve_url, validate_name
+from handlers.config import HandlerConfig
 from handlers.errors import InferenceError
 from tests.procs import REPO
 
@@ -164,13 +165,16 @@ def test_the_worker_side_imports_no_torch_itself():
 
 def test_the_first_estimate_of_a_worker_follows_the_backend(tmp_path):
     """Before any load has taught it, the policy guesses a torch worker (~400 MiB) or a
-    CTranslate2 one (~64 MiB); with CTranslate2 a shipped converted model is what a worker holds."""
-    (tmp_path / "config.json").write_text("{}")
+    CTranslate2 one (~64 MiB); with CTranslate2 a shipped converted model is what a worker holds.
+    With ``auto`` (the default) a T5 model is CTranslate2's, another family torch's."""
+    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
     (tmp_path / "model.safetensors").write_bytes(b"x" * MIB)
     (tmp_path / "ctranslate2").mkdir()
     (tmp_path / "ctranslate2" / "model.bin").write_bytes(b"x" * (MIB // 4))
-    torch_policy = memory.MemoryPolicy(0, 300 * MIB)
-    ct2_policy = memory.MemoryPolicy(0, 300 * MIB, backend="ctranslate2")
+    torch_policy = memory.MemoryPolicy(0, 300 * MIB, HandlerConfig(backend="transformers"))
+    ct2_policy = memory.MemoryPolicy(0, 300 * MIB, HandlerConfig(backend="ctranslate2"))
+    auto_policy = memory.MemoryPolicy(0, 300 * MIB)
+    assert auto_policy.estimate(tmp_path, 2) == ct2_policy.estimate(tmp_path, 2)
     assert torch_policy.estimate(tmp_path, 2) > 2 * 400 * MIB
     assert ct2_policy.estimate(tmp_path, 2) == 2 * (64 * MIB + int(memory.WEIGHTS_FACTOR * MIB // 4))
     with pytest.raises(InferenceError) as refused:
@@ -178,6 +182,8 @@ def test_the_first_estimate_of_a_worker_follows_the_backend(tmp_path):
     assert refused.value.status == 507 and "budget" in refused.value.message
     ct2_policy.check("m", tmp_path, 2, used_bytes=0)  # fits
     ct2_policy.learn(tmp_path, 2, pss_bytes=2 * 45 * MIB)  # what a load measured
-    assert ct2_policy.worker_fixed_bytes == 45 * MIB - int(memory.WEIGHTS_FACTOR * MIB // 4)
+    assert ct2_policy.worker_fixed_bytes["ctranslate2"] == 45 * MIB - int(memory.WEIGHTS_FACTOR * MIB // 4)
     ct2_policy.learn(tmp_path, 2, pss_bytes=MIB)  # a nonsense measurement keeps a floor
-    assert ct2_policy.worker_fixed_bytes == memory.MIN_WORKER_BYTES
+    assert ct2_policy.worker_fixed_bytes["ctranslate2"] == memory.MIN_WORKER_BYTES
+    (tmp_path / "config.json").write_text('{"model_type": "bart"}')
+    assert auto_policy.estimate(tmp_path, 2) == torch_policy.estimate(tmp_path, 2)

@@ -17,7 +17,7 @@ test: deps sdk-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: deps
-	$(PY) bench/serve_bench.py
+	$(PY) bench/stacks_bench.py
 
 deps: $(VENV)/.installed system-packages
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.models import build_t5  # noqa: E402
-from bench.serve_bench import prompts  # noqa: E402
+from bench.models import prompts  # noqa: E402
 
 ENGINES = {"cuda": "transformers:bfloat16,ctranslate2:bfloat16,ctranslate2:int8_bfloat16",
            "cpu": "transformers:float32,ctranslate2:int8"}

@@ -1,25 +1,16 @@
-"""The MMS stack (transformers and CTranslate2 backends) vs Hugging Face's SageMaker inference
-toolkit (the stock HF image's server, also on multi-model-server) vs raw in-process generate,
-and the flask stack for reference: same models, same payloads, one run.
+"""The multi-model stack under the things only it does: many models in memory (against Hugging
+Face's SageMaker toolkit), a model worker killed under load, Java's memory over a long run.
 
-    .venv/bin/python bench/mms_bench.py [--duration 10] [--models demo,t5-small-shape]
-                                        [--stacks mms,flask,hf] [--backends transformers,ctranslate2]
-                                        [--skip-hf] [--skip-memory] [--skip-kill] [--soak 0]
+    .venv/bin/python bench/mms_bench.py [--backends transformers,ctranslate2] [--skip-hf]
+                                        [--skip-memory] [--skip-kill] [--soak 0]
 
-Per model (the demo model; random weights in t5-small's shape, made to generate exactly
-16 tokens): raw transformers ``generate`` one prompt at a time and 8 at a time (all cores),
-then each stack over HTTP with closed-loop keep-alive clients at concurrency 1, 4 and 8
-(every answer checked on the demo model), with its cold start (process start -> first 200
-/ping) and PSS: our MMS stack on transformers with one worker per core x 1 torch thread (its
-default) and with 1 worker x all cores, our MMS stack on CTranslate2 int8 (its default
-workers, the model shipped converted: ``ctranslate2/`` beside the HF files, made here with
-``python -m tools.convert``), the flask stack, the HF toolkit with its defaults. Then
-multi-model memory for each backend and the HF toolkit (PSS of every process with 1, 2, 4
-demo copies loaded, and after unloading), a worker killed under load (failed requests, time
-until answers resume), and with ``--soak S`` Java's resident memory during S seconds at
-concurrency 16. Prints ready-to-paste Markdown tables; writes build/mms_bench.json. The HF
-toolkit is installed from PyPI into build/bench-hf-venv on first use. Only 127.0.0.1 is
-contacted; every loop is bounded in count and time.
+Multi-model memory: PSS of every process of the server with 1, 2 and 4 demo copies loaded with
+``POST /models`` (each invoked once), and after unloading them, per engine and for the HF
+toolkit. Worker kill: 4 clients loop on the demo model; 5 s in, the model's worker process gets
+SIGKILL: how many requests failed, and when answers resumed. ``--soak S``: Java's resident
+memory during S seconds at concurrency 16. Single-model speed is ``bench/stacks_bench.py``'s.
+Prints Markdown; writes build/mms_bench.json. The HF toolkit is installed from PyPI into
+build/bench-hf-venv on first use. Only 127.0.0.1 is contacted; every loop is bounded.
 """
 
 import argparse
@@ -39,9 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.engine_bench import shipped_copy  # noqa: E402
-from bench.models import build_t5  # noqa: E402
-from bench.serve_bench import bench_raw  # noqa: E402
+from bench.models import shipped_copy  # noqa: E402
 from container import memory  # noqa: E402
 
 DEMO = REPO / "demo" / "model"
@@ -53,8 +42,6 @@ HF_REQUIREMENTS = ["torch==2.13.0", "transformers==4.57.6", "sentencepiece==0.2.
                    "retrying", "Pillow", "psutil"]
 HF_TOOLKIT = "sagemaker-huggingface-inference-toolkit==2.6.0"  # --no-deps: its audio extras are not needed
 MIB = 1024 * 1024
-LEVELS = (1, 4, 8)
-MAX_NEW = 16
 BACKEND_ENV = {"transformers": {"INFERENCE_BACKEND": "transformers"},
                "ctranslate2": {"INFERENCE_BACKEND": "ctranslate2", "CT2_COMPUTE_TYPE": "int8"}}
 ENGINE = {"transformers": "transformers", "ctranslate2": "ctranslate2 int8"}
@@ -209,11 +196,14 @@ def ensure_hf_venv() -> Path:
     return python
 
 
-def mms(name: str, args: list[str], env: dict | None = None) -> Server:
+def mms(name: str, env: dict, model_dir: Path | None = None) -> Server:
+    """``python -m serve`` on the MMS stack: the multi-model endpoint, or ``model_dir`` alone."""
     port = free_port()
-    return Server(name, [sys.executable, "-m", "container.mms_server", "--port", str(port),
-                         "--bind-host", "127.0.0.1", *args], dict(os.environ, **(env or {})), port,
-                  LOGS / f"{name.split()[0]}-{port}.log")
+    env = dict(os.environ, SERVING_STACK="mms", SERVE_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(port), **env)
+    if model_dir is None:
+        env["SAGEMAKER_MULTI_MODEL"] = "true"
+    return Server(name, [sys.executable, "-m", "serve", *(["--model-dir", str(model_dir)] if model_dir else [])],
+                  env, port, LOGS / f"{name.split()[0]}-{port}.log")
 
 
 def hf(work: Path, hf_python: Path, model_dir: Path | None) -> Server:
@@ -238,35 +228,9 @@ def hf(work: Path, hf_python: Path, model_dir: Path | None) -> Server:
                   cwd=base)  # its MMS writes logs/ into cwd
 
 
-def single_model_stacks(model_dir: Path, ct2_dir: Path, work: Path, hf_python: Path | None,
-                        backends: list[str]) -> list[Server]:
-    """``ct2_dir``: the same model with ``ctranslate2/`` (int8) beside the HF files."""
-    cores, out = len(os.sched_getaffinity(0)), []
-    default, one = ["--workers", str(cores), "--torch-threads", "1"], ["--workers", "1", "--torch-threads", str(cores)]
-    if "transformers" in backends:
-        args, env = ["--model-dir", str(model_dir)], BACKEND_ENV["transformers"]
-        out += [mms(f"mms transformers, {cores} workers x 1 thread (default)", [*args, *default], env),
-                mms(f"mms transformers, 1 worker x {cores} threads", [*args, *one], env)]
-    if "ctranslate2" in backends:
-        out.append(mms(f"mms ctranslate2 int8, {cores} workers x 1 thread (default)",
-                       ["--model-dir", str(ct2_dir), *default],
-                       dict(BACKEND_ENV["ctranslate2"], CT2_CACHE_DIR=str(work / "ct2-cache"))))
-    port = free_port()
-    out.append(Server("flask (reference, transformers)", [sys.executable, "-m", "serve", "--model-dir", str(model_dir)],
-                      dict(os.environ, SERVE_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(port),
-                           **BACKEND_ENV["transformers"]), port,
-                      LOGS / f"flask-{port}.log"))
-    if hf_python:
-        out.append(hf(work, hf_python, model_dir))
-    return out
-
-
-def workload(model: str) -> list[tuple[dict, str | None]]:
+def workload() -> list[tuple[dict, str | None]]:
     qa = [json.loads(line) for line in QA.read_text().splitlines() if line.strip()]
-    if model == "demo":
-        return [({"inputs": row["question"]}, row["answer"]) for row in qa]
-    params = {"max_new_tokens": MAX_NEW, "min_new_tokens": MAX_NEW}  # random weights never stop early
-    return [({"inputs": row["question"], "parameters": params}, None) for row in qa]
+    return [({"inputs": row["question"]}, row["answer"]) for row in qa]
 
 
 def multi_model_memory(server: Server, work: Path, cold_start_s: float) -> dict:
@@ -296,13 +260,13 @@ def multi_model_memory(server: Server, work: Path, cold_start_s: float) -> dict:
 
 def java_soak(seconds: float) -> list[dict]:
     """Our MMS stack on the demo model at concurrency 16: Java's RSS every 15 s."""
-    server = mms("mms soak", ["--model-dir", str(DEMO)], BACKEND_ENV["transformers"])
+    server = mms("mms soak", BACKEND_ENV["transformers"], DEMO)
     samples = []
     try:
         server.start()
         java = next(p for p in tree(server.proc.pid) if "ModelServer" in Path(f"/proc/{p}/cmdline").read_text())
         done = {}
-        run = lambda: done.update(load_test(server, workload("demo"), 16, seconds, 2_000_000))  # noqa: E731
+        run = lambda: done.update(load_test(server, workload(), 16, seconds, 2_000_000))  # noqa: E731
         thread = threading.Thread(target=run)
         started = time.monotonic()
         thread.start()
@@ -320,7 +284,7 @@ def java_soak(seconds: float) -> list[dict]:
 def worker_kill(workers: int = 1) -> dict:
     """4 clients loop on the demo model; 5 s in, the model's worker process gets SIGKILL:
     how many requests failed (and whether they were in flight), and when answers resumed."""
-    server = mms("mms kill", ["--model-dir", str(DEMO), "--workers", str(workers)], BACKEND_ENV["transformers"])
+    server = mms("mms kill", {**BACKEND_ENV["transformers"], "SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)}, DEMO)
     events, lock, stop = [], threading.Lock(), time.monotonic() + 600
 
     def client():
@@ -364,47 +328,7 @@ def worker_kill(workers: int = 1) -> dict:
             "first_answer_after_kill_s": round(resumed - killed, 2) if resumed else None}
 
 
-def ratio(a: dict | None, b: dict | None, level: int = 8) -> str:
-    """``a``'s throughput at ``level`` over ``b``'s, or '-' when either is missing."""
-    if not a or not b or not b[f"c{level}"]["req_per_s"]:
-        return "-"
-    return f"{a[f'c{level}']['req_per_s'] / b[f'c{level}']['req_per_s']:.2f}x"
-
-
 def print_tables(report: dict) -> None:
-    print("\n| model | system | " + " | ".join(f"c={c} req/s | c={c} p50 ms" for c in LEVELS)
-          + " | c=8 p99 ms | cold start s | PSS MiB |")
-    print("| --- | --- |" + " --- | --- |" * len(LEVELS) + " --- | --- | --- |")
-    for model, rows in report["single_model"].items():
-        raw = rows.get("raw", {})
-        for label, key, level in (("raw generate, batch 1", "raw batch 1", 1),
-                                  ("raw generate, batch 8", "raw batched 8", 8)):
-            if key in raw:
-                rps, p50, p99 = raw[key]
-                cells = " | ".join(f"{rps:.2f} | {p50:.1f}" if c == level else "- | -" for c in LEVELS)
-                tail = f"{p99:.1f}" if level == 8 else "-"
-                print(f"| {model} | transformers {label} (prompts/s; p50 per call) | {cells} | {tail} | - | - |")
-        for name, row in rows.items():
-            if name == "raw":
-                continue
-            cells = " | ".join(f"{row[f'c{c}']['req_per_s']} | {row[f'c{c}']['p50_ms']}" for c in LEVELS)
-            errors = sum(row[f"c{c}"]["errors"] + row[f"c{c}"]["wrong_answers"] for c in LEVELS)
-            print(f"| {model} | {name}{f' ({errors} errors/wrong)' if errors else ''} | {cells} | "
-                  f"{row['c8']['p99_ms']} | {row['cold_start_s']} | {row['pss_mib']} |")
-    print()
-    for model, rows in report["single_model"].items():
-        find = lambda prefix: next((r for n, r in rows.items() if n.startswith(prefix)), None)  # noqa: E731
-        ours, ct2, hf_row, raw = find("mms transformers"), find("mms ctranslate2"), find("hf"), rows.get("raw")
-        parts = []
-        if ours and raw:
-            parts.append(f"mms transformers (default) at c=8 = {ours['c8']['req_per_s'] / raw['raw batched 8'][0]:.2f}x "
-                         f"raw batched generate, c=1 p50 = {ours['c1']['p50_ms'] / raw['raw batch 1'][1]:.2f}x raw "
-                         f"batch 1, c=8 = {ratio(ours, hf_row)} the HF toolkit")
-        if ct2:
-            parts.append(f"mms ctranslate2 int8 at c=8 = {ratio(ct2, hf_row)} the HF toolkit (c=1: "
-                         f"{ratio(ct2, hf_row, 1)}), {ratio(ct2, ours)} mms transformers")
-        if parts:
-            print(f"{model}: " + "; ".join(parts))
     if report["multi_model"]:
         print("\n| multi-model, PSS MiB | cold start s | none | 1 model | 2 models | 4 models | per extra model "
               "| after unloading | load s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -425,10 +349,7 @@ def print_tables(report: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
-    parser.add_argument("--models", default="demo,t5-small-shape", help="comma-separated subset")
     parser.add_argument("--skip-hf", action="store_true", help="leave out the HF toolkit")
-    parser.add_argument("--stacks", default="mms,flask,hf", help="which stacks (name prefixes) to run")
     parser.add_argument("--backends", default="transformers,ctranslate2",
                         help="engines of our MMS stack to run (single-model and multi-model)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the multi-model memory run")
@@ -443,30 +364,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mms-bench-"))
     LOGS.mkdir(parents=True, exist_ok=True)
     report = {"machine": {"cores": len(os.sched_getaffinity(0)), "mem_total_mib": memory.total_bytes() // MIB},
-              "duration_s": args.duration, "single_model": {}, "multi_model": {}, "soak": []}
+              "multi_model": {}, "soak": []}
     try:
-        for model in args.models.split(","):
-            model_dir = DEMO if model == "demo" else build_t5(work / "t5-small-shape")
-            ct2_dir = shipped_copy(model_dir, work / f"{model}-ct2", {"int8"}) if "ctranslate2" in backends else None
-            requests = workload(model)
-            rows = report["single_model"][model] = {}
-            print(f"== {model}: raw generate", flush=True)
-            rows["raw"] = bench_raw(model_dir, 200 if model == "demo" else 48, model != "demo")
-            for server in single_model_stacks(model_dir, ct2_dir, work, hf_python, backends):
-                if not server.name.startswith(tuple(args.stacks.split(","))):
-                    continue
-                print(f"== {model}: {server.name}", flush=True)
-                row = {}
-                try:
-                    row["cold_start_s"] = round(server.start(), 2)
-                    load_test(server, requests, 2, 2.0)  # warm-up
-                    for c in LEVELS:
-                        row[f"c{c}"] = load_test(server, requests, c, args.duration)
-                    row["pss_mib"] = round(pss_mib(server.proc.pid))
-                finally:
-                    server.stop()
-                rows[server.name] = row
-                print(json.dumps(row), flush=True)
         if not args.skip_memory:
             demo_ct2 = work / "demo-ct2"  # HF files + ctranslate2/: loads as is on either backend
             if not demo_ct2.exists():
@@ -475,7 +374,7 @@ def main() -> int:
                 shutil.copytree(demo_ct2, work / "models" / f"demo-{i}")
             cores = len(os.sched_getaffinity(0))
             servers = [mms(f"mms {ENGINE[b]} ({cores} workers x 1 thread)",
-                           ["--multi-model", "--model-root", str(work / "models")], BACKEND_ENV[b]) for b in backends]
+                           {**BACKEND_ENV[b], "SERVE_MODEL_ROOT": str(work / "models")}) for b in backends]
             servers += [hf(work, hf_python, None)] if hf_python else []
             for server in servers:
                 print(f"== {server.name}: multi-model memory", flush=True)

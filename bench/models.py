@@ -1,6 +1,7 @@
 """Models the benchmarks (and tests) build: random weights in a real model's shape, with the
 demo tokenizer (no hub: nothing can be downloaded here)."""
 
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,4 +27,24 @@ def build_t5(target: Path, shape: str = "t5-small") -> Path:
                       **SHAPES[shape])
     T5ForConditionalGeneration(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
+    return target
+
+
+def prompts(n: int) -> list[str]:
+    """``n`` demo questions, cycling through the demo set."""
+    lines = (REPO / "demo" / "data" / "biography_qa.jsonl").read_text().splitlines()
+    questions = [json.loads(line)["question"] for line in lines if line.strip()]
+    return [questions[i % len(questions)] for i in range(n)]
+
+
+def shipped_copy(model_dir: Path, target: Path, quantizations: set[str]) -> Path:
+    """The model as users ship it for CTranslate2: the checkpoint with ``ctranslate2/`` beside it."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("ctranslate2"))
+    quantization = "int8" if "int8" in quantizations else sorted(quantizations)[0]
+    subprocess.run([sys.executable, "-m", "tools.convert", str(target), str(target / "ctranslate2"),
+                    "--quantization", quantization], cwd=REPO, check=True, capture_output=True, timeout=1800)
     return target

@@ -61,14 +61,15 @@ def group_members(pgid: int) -> list[ProcessInfo]:
 
 
 def model_workers(pgid: int, mms_name: str) -> list[int]:
-    """Processes in MMS's group ``pgid`` serving ``mms_name``: its Python listener and the
-    worker processes forked from it to run the model."""
-    out = []
+    """Processes in MMS's group ``pgid`` serving ``mms_name``: its Python listener (Java's
+    child) and the worker processes forked from it to run the model; not what a worker forks in
+    turn (a subprocess bears its parent's command line until it execs)."""
+    named = {}
     for info in group_members(pgid):
         args = info.cmdline
         if "--model-name" in args and args[args.index("--model-name") + 1:][:1] == (mms_name,):
-            out.append(info.pid)
-    return out
+            named[info.pid] = info.ppid
+    return [pid for pid, ppid in named.items() if ppid == pgid or named.get(ppid) == pgid]
 
 
 def alive(pid: int) -> bool:

@@ -80,7 +80,8 @@ class Settings:
     model_dir: str = "/opt/ml/model"  # --model-dir, SM_MODEL_DIR; embedded demo when empty
     stack: str = "flask"  # "mms" when SAGEMAKER_MULTI_MODEL=true or SERVING_STACK=mms
     multi_model: bool = False  # SAGEMAKER_MULTI_MODEL
-    workers: int = 1  # SAGEMAKER_MODEL_SERVER_WORKERS, MODEL_SERVER_WORKERS (MMS: per model)
+    workers: int = 1  # SAGEMAKER_MODEL_SERVER_WORKERS, MODEL_SERVER_WORKERS (default: 1 per GPU; MMS: per model)
+    gpus: int = 0  # the GPUs the start-up check found usable (each flask worker pinned to one)
     http_threads: int = 64  # SERVE_HTTP_THREADS: request threads per gunicorn worker
     timeout_s: int = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT, MODEL_SERVER_TIMEOUT (seconds)
     max_payload_bytes: int = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB
@@ -95,7 +96,7 @@ class Settings:
     handler: HandlerConfig = field(default_factory=HandlerConfig)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], model_dir: str | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str], model_dir: str | None = None, gpus: int = 0) -> "Settings":
         multi_model = env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() in TRUE
         stack = env.get("SERVING_STACK", "").strip().lower() or ("mms" if multi_model else "flask")
         if stack not in ("flask", "mms"):
@@ -104,7 +105,7 @@ class Settings:
         # flask: one worker's engine batches everything. MMS: one worker per core per model,
         # one engine thread each (measured faster and steadier: docs/BENCHMARKS.md).
         workers = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
-                                 cores if stack == "mms" else 1)
+                                 cores if stack == "mms" else max(gpus, 1))
         payload_mb = env_float(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6)
         payload_bytes = int(payload_mb * 1024 * 1024)
         if payload_bytes <= 0:
@@ -123,6 +124,7 @@ class Settings:
             stack=stack,
             multi_model=multi_model,
             workers=workers,
+            gpus=gpus,
             http_threads=env_int(env, "SERVE_HTTP_THREADS", 64),
             timeout_s=timeout,
             max_payload_bytes=payload_bytes,

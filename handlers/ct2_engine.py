@@ -15,7 +15,7 @@ from collections.abc import Hashable
 from dataclasses import replace
 from pathlib import Path
 
-from handlers import convert
+from handlers import convert, cuda
 from handlers.artifacts import check_model_dir
 from handlers.config import HandlerConfig
 from handlers.errors import BadRequest, ModelLoadError
@@ -33,6 +33,7 @@ GENERATION_DEFAULTS = {"num_beams": 1, "do_sample": False, "temperature": 1.0, "
 # transformers' early_stopping true; 2 gave transformers' answers for early_stopping false and
 # "never" on the whole demo set (and for every other beam-search parameter measured).
 PATIENCE = {True: 1, False: 2, "never": 2}
+INT32_MAX = 2**31 - 1  # CTranslate2's integer options (a larger n-gram size bans nothing either way)
 
 
 def read_json(path: Path | None) -> dict | list:
@@ -52,6 +53,7 @@ class CTranslate2Engine:
         ``place`` builds in the process that runs it (it starts threads, and CUDA)."""
         self.model_dir, self.config = model_dir, config
         self.translator = None
+        self.budget: cuda.MemoryBudget | None = None  # CPU: none
         kind, _, index = (config.device or ("cuda" if gpu_visible() else "cpu")).partition(":")
         if kind not in COMPUTE_TYPES:
             raise ModelLoadError(f"INFERENCE_DEVICE={config.device!r}: CTranslate2 runs on cpu or cuda")
@@ -84,11 +86,20 @@ class CTranslate2Engine:
         """Build the Translator (its threads, and CUDA) in the process that runs it."""
         if self.translator is not None:
             return
-        import ctranslate2
         kind, index, compute_type = self.kind, self.index, self.compute_type
+        if kind == "cuda":
+            cublas = cuda.preload_cublas12()  # the wheel dlopens CUDA 12's cuBLAS by name
+            if not cublas.ok:
+                raise ModelLoadError(f"CTranslate2 cannot run on the GPU: {cublas}")
+        import ctranslate2
         if kind == "cuda" and not ctranslate2.get_cuda_device_count():
             raise ModelLoadError("a GPU is visible but CTranslate2 finds no usable CUDA device (driver or "
                                  "CUDA libraries); set INFERENCE_DEVICE=cpu to serve on the CPU")
+        if kind == "cuda":  # before the weights are on it: they are taken off the free memory
+            devices = cuda.run_probe().get("devices") or [{}]
+            free = devices[min(index, len(devices) - 1)].get("free", 0)
+            self.budget = cuda.MemoryBudget.measure(free, cuda.T5Shape.from_config(read_json(self.model_dir / "config.json")),
+                                                    compute_type, weights_loaded=False)
         if kind == "cuda" and not self.config.compute_type and \
                 "bfloat16" not in ctranslate2.get_supported_compute_types("cuda", index):
             compute_type = "float32"  # no bf16 on this GPU
@@ -158,9 +169,9 @@ class CTranslate2Engine:
         options = {"max_input_length": 0, "beam_size": 1, "return_end_token": True,
                    "max_decoding_length": longest, "min_decoding_length": min(value("min_new_tokens"), longest),
                    "repetition_penalty": value("repetition_penalty"),
-                   "no_repeat_ngram_size": value("no_repeat_ngram_size")}
-        if value("do_sample"):
-            options.update(sampling_topk=value("top_k"), sampling_topp=value("top_p"),
+                   "no_repeat_ngram_size": min(value("no_repeat_ngram_size"), INT32_MAX)}
+        if value("do_sample"):  # top_k 0 is every token, as in transformers
+            options.update(sampling_topk=min(value("top_k"), len(self.vocabulary)), sampling_topp=value("top_p"),
                            sampling_temperature=value("temperature"))
         if value("num_beams") > 1:
             options.update(beam_size=value("num_beams"), num_hypotheses=params.num_return_sequences,
@@ -179,26 +190,31 @@ class CTranslate2Engine:
         options, copies = self._options(jobs[0].params, max(job.max_new_tokens for job in jobs))
         rows = [job for job in jobs for _ in range(copies)]
         source = [[self.vocabulary[i] for i in job.ids] for job in rows]
-        if options["beam_size"] > 1:
-            results = self.translator.translate_batch(source, max_batch_size=len(source), **options)
-            for job, result in zip(jobs, results):
-                job.finish([self._strip([self.ids[token] for token in tokens]) for tokens in result.hypotheses])
-            return
+        if options["beam_size"] == 1:
+            options["callback"] = self._on_step(rows, copies)
+        results = self.translator.translate_batch(source, max_batch_size=len(source), **options)
+        for i, job in enumerate(jobs):  # those the callback did not answer (beam search; an empty input)
+            job.finish([self._strip([self.ids[token] for token in tokens])
+                        for result in results[i * copies:(i + 1) * copies] for tokens in result.hypotheses])
+
+    def _on_step(self, rows: list[GenerationJob], copies: int):
+        """The per-token callback of a greedy or sampled batch: each row stops at its own
+        ``max_new_tokens`` (or when its stream's reader stopped it, or its caller gave up), and
+        a job is answered as soon as its last row ends."""
         tokens: list[list[int]] = [[] for _ in rows]
-        left = {id(job): copies for job in jobs}
-        first = {id(job): i * copies for i, job in enumerate(jobs)}
+        left = {id(job): copies for job in rows}
 
         def on_step(step) -> bool:
             row, job = step.batch_id, rows[step.batch_id]
             tokens[row].append(step.token_id)
             end = step.is_last or len(tokens[row]) >= job.max_new_tokens or job.future.cancelled()
             if job.on_token is not None and step.token_id != self.eos_token_id and job.on_token(step.token_id):
-                end = True  # the stream's reader stopped it
+                end = True
             if end:
                 left[id(job)] -= 1
                 if not left[id(job)]:
-                    start = first[id(job)]
-                    job.finish([self._strip(ids) for ids in tokens[start:start + copies]])
+                    first = row - row % copies
+                    job.finish([self._strip(ids) for ids in tokens[first:first + copies]])
             return end and not step.is_last
 
-        self.translator.translate_batch(source, max_batch_size=len(source), callback=on_step, **options)
+        return on_step

@@ -10,6 +10,7 @@ import transformers
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
+from handlers import cuda
 from handlers.artifacts import check_model_dir, weight_file
 from handlers.config import HandlerConfig
 from handlers.errors import ModelLoadError
@@ -37,8 +38,8 @@ def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
         if requested.lower() not in DTYPES:
             raise ModelLoadError(f"INFERENCE_DTYPE={requested!r} is not one of {', '.join(DTYPES)}")
         return DTYPES[requested.lower()]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+    if device.type == "cuda" and cuda.native_bf16(torch.cuda.get_device_capability(device)):
+        return torch.bfloat16  # not on T4 / V100: torch emulates bf16 there, slowly
     return torch.float32
 
 
@@ -80,6 +81,7 @@ class TransformersEngine:
                   if isinstance(n, int) and 0 < n < 1_000_000]
         self.max_input_tokens = min(limits) if limits else 512
         self._placed = False
+        self.budget: cuda.MemoryBudget | None = None  # CPU: none
 
     @classmethod
     def load(cls, path: Path, config: HandlerConfig) -> "TransformersEngine":
@@ -111,11 +113,16 @@ class TransformersEngine:
         return cls(model, tokenizer, device, config.threads)
 
     def place(self) -> None:
-        """On the thread that runs every generate (OpenMP keeps a thread team per thread)."""
+        """On the thread that runs every generate (OpenMP keeps a thread team per thread). On a
+        GPU, the sequences per call are then bounded by what the device has left."""
         use_threads(self.threads)
         if not self._placed:
             self.model.to(self.device)
             self._placed = True
+            if self.device.type == "cuda":
+                self.budget = cuda.MemoryBudget.measure(cuda.torch_free_bytes(self.device),
+                                                        cuda.T5Shape.from_config(self.model.config.to_dict()),
+                                                        str(self.model.dtype))
 
     def close(self) -> None:
         """Nothing to free before the interpreter exits."""

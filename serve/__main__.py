@@ -13,10 +13,30 @@ import sys
 
 from contract import logs
 from contract.settings import Settings, first_unreadable
+from handlers import cuda
 from handlers.config import ConfigError
 from serve.supervisor import Supervisor
 
 log = logging.getLogger("serve")
+
+
+def usable_gpus(settings: Settings) -> int | None:
+    """The GPUs to serve on, found before anything forks (handlers.cuda.check_gpu); None when a
+    GPU is here but unusable, or one was asked for and none is here (each logged)."""
+    device = settings.handler.device or ""
+    if device.startswith("cpu"):
+        return 0
+    torch_cuda = cuda.torch_cuda_version()
+    check = cuda.check_gpu(torch_cuda if settings.handler.backend == "transformers" else "12.0")
+    if check.error or (check.warning and device.startswith("cuda")):
+        log.error("GPU check: %s", check.error or check.warning)
+        return None
+    if check.warning and torch_cuda:  # a GPU image on a host without a GPU
+        log.warning("GPU check: %s", check.warning)
+    for i, gpu in enumerate(check.devices):
+        log.info("GPU %d: %s (compute capability %d.%d, %.1f of %.1f GiB free), driver %s", i, gpu.name,
+                 *gpu.capability, gpu.free / 2**30, gpu.total / 2**30, check.driver)
+    return len(check.devices)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                   "(SageMaker does), or make the model readable by this uid (chmod -R a+rX on the host "
                   "dir; in Kubernetes, fsGroup)", unreadable, os.geteuid(), os.getegid())
         return 2
+    gpus = usable_gpus(settings)
+    if gpus is None:
+        return 2
+    if gpus:
+        settings = Settings.from_env(os.environ, args.model_dir, gpus=gpus)
     if settings.stack == "mms" and not shutil.which("java"):
         log.error("the multi-model stack (SAGEMAKER_MULTI_MODEL=true or SERVING_STACK=mms) runs on "
                   "multi-model-server, which needs Java: this image has none (the GPU image serves "

@@ -13,6 +13,7 @@ from gunicorn import util as gunicorn_util
 
 from contract import logs
 from contract.settings import KEEPALIVE_S, Settings
+from handlers import cuda
 from handlers.engine import loads_before_fork
 
 _settings = Settings.from_json(os.environ["SERVE_SETTINGS"])
@@ -41,6 +42,19 @@ def post_worker_init(worker):
     ready = wsgi.backend.start()
     while not ready.wait(1):
         worker.notify()
+
+
+def pre_fork(server, worker):
+    """One flask worker per GPU: a new worker takes the slot (so the GPU) no live one holds."""
+    worker.gpu_slot = cuda.free_slot((getattr(w, "gpu_slot", -1) for w in server.WORKERS.values()),
+                                     server.num_workers)
+
+
+def post_fork(server, worker):
+    """Pin the worker to its GPU before CUDA starts in it: it is then cuda:0 there."""
+    gpu = cuda.worker_gpu(worker.gpu_slot, _settings.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if gpu is not None and _settings.stack == "flask":
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
 
 def write_json_error(sock, status_int, reason, mesg):

@@ -9,6 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tarfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -30,6 +32,10 @@ MODEL_FILES = {
     "tokenizer.json",
     "tokenizer_config.json",
 }
+# The model converted for CTranslate2 (int8), shipped beside the checkpoint: no start converts it.
+CONVERTED_FILES = {f"ctranslate2/{name}" for name in ("config.json", "generation_config.json", "model.bin",
+                                                       "shared_vocabulary.json", "tokenizer.json",
+                                                       "tokenizer_config.json")}
 EXTRA_IDS = [f"<extra_id_{i}>" for i in range(100)]
 
 
@@ -70,8 +76,8 @@ def test_model_dir_has_the_flan_t5_layout():
     assert 8 <= gen["max_new_tokens"] <= 64
     for name in MODEL_FILES:
         assert (MODEL_DIR / name).stat().st_mode & 0o777 == 0o644, name
-    total = sum((MODEL_DIR / n).stat().st_size for n in MODEL_FILES) + TAR.stat().st_size
-    assert total < 6_000_000, total
+    total = sum((MODEL_DIR / n).stat().st_size for n in MODEL_FILES | CONVERTED_FILES) + TAR.stat().st_size
+    assert total < 7_000_000, total
 
 
 def test_tokenizer_has_t5_special_tokens_and_extra_ids(tokenizer):
@@ -132,8 +138,8 @@ def test_tarball_is_safe_and_holds_the_model_and_script():
             assert (m.uid, m.gid, m.mtime) == (0, 0, 0), m.name
         assert names == sorted(names)
         files = {m.name for m in members if m.isfile()}
-        assert files == MODEL_FILES | {"code/inference.py"}
-        for name in MODEL_FILES:
+        assert files == MODEL_FILES | CONVERTED_FILES | {"code/inference.py"}
+        for name in MODEL_FILES | CONVERTED_FILES:
             assert tar.extractfile(name).read() == (MODEL_DIR / name).read_bytes(), name
         assert tar.extractfile("code/inference.py").read() == SCRIPT.read_bytes()
 
@@ -181,3 +187,14 @@ def test_packaged_script_rejects_bad_payloads(packaged):
         module.predict(model, b'{"question": "no inputs field"}')
     with pytest.raises(ValueError):
         module.predict(model, b'{"inputs": [1, 2]}')
+
+
+def test_the_shipped_converted_copy_is_the_checkpoint_converted(tmp_path):
+    """demo/model/ctranslate2 is what `python -m tools.convert demo/model OUT --quantization int8`
+    writes today (conversion is deterministic): it cannot drift from the checkpoint beside it."""
+    out = tmp_path / "ct2"
+    done = subprocess.run([sys.executable, "-m", "tools.convert", str(MODEL_DIR), str(out), "--quantization", "int8"],
+                          cwd=DEMO.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name in CONVERTED_FILES:
+        assert (out / name.split("/", 1)[1]).read_bytes() == (MODEL_DIR / name).read_bytes(), name

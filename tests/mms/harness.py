@@ -61,12 +61,14 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
-def make_model(root: Path, name: str, script: str | None = None, *, weights: bool = True) -> Path:
-    """A model dir under ``root``: a copy of the demo model (when ``weights``) plus,
-    optionally, ``fixtures/<script>`` as code/inference.py."""
+def make_model(root: Path, name: str, script: str | None = None, *, weights: bool = True,
+               converted: bool = True) -> Path:
+    """A model dir under ``root``: a copy of the demo model (when ``weights``; with its converted
+    copy ``ctranslate2/`` when ``converted``) plus, optionally, ``fixtures/<script>`` as
+    code/inference.py."""
     target = root / name
     if weights:
-        shutil.copytree(DEMO_MODEL, target)
+        shutil.copytree(DEMO_MODEL, target, ignore=None if converted else shutil.ignore_patterns("ctranslate2"))
     else:
         target.mkdir(parents=True)
     if script:

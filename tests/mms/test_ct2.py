@@ -63,7 +63,7 @@ def ask(server: MmsServer, path: str, question: str) -> str:
 @pytest.fixture(scope="module")
 def ct2_model(tmp_path_factory) -> Path:
     """The demo model as a user ships it converted: HF files + ctranslate2/ (int8)."""
-    target = make_model(tmp_path_factory.mktemp("shipped"), "model")
+    target = make_model(tmp_path_factory.mktemp("shipped"), "model", converted=False)
     done = subprocess.run([sys.executable, "-m", "tools.convert", str(target), str(target / "ctranslate2"),
                            "--quantization", "int8"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -72,7 +72,7 @@ def ct2_model(tmp_path_factory) -> Path:
 
 def test_single_model_converts_once_for_two_workers_starting_together(tmp_path, qa_pairs):
     cache = tmp_path / "cache"
-    model = make_model(tmp_path, "model")  # a checkpoint without ctranslate2/
+    model = make_model(tmp_path, "model", converted=False)  # a checkpoint without ctranslate2/
     srv = MmsServer("--model-dir", str(model), via_serve=True, log_path=tmp_path / "mms.log",
                     env={**CT2, "SERVING_STACK": "mms", "CT2_CACHE_DIR": str(cache),
                          "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
@@ -87,10 +87,10 @@ def test_single_model_converts_once_for_two_workers_starting_together(tmp_path, 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, ct2_model) -> Path:
     root = tmp_path_factory.mktemp("models")
-    make_model(root, "plain")  # converted on its first load
-    make_model(root, "same-weights", "modules_inference.py")  # reuses plain's conversion
+    make_model(root, "plain", converted=False)  # converted on its first load
+    make_model(root, "same-weights", "modules_inference.py", converted=False)  # reuses plain's conversion
     shutil.copytree(ct2_model, root / "shipped")  # used as is
-    broken = make_model(root, "broken")
+    broken = make_model(root, "broken", converted=False)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     return root
 

@@ -16,11 +16,12 @@ pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is no
 NOTICED_S = 0.5  # how long MMS may take to notice a dead worker's closed socket
 
 
-def loop_clients(server, question: str, clients: int, until: float):
-    """Start ``clients`` keep-alive clients asking ``question`` until ``until`` (at most
-    3,000 requests each). Returns their threads and the list they fill with (started,
-    answered, status) of every request; status 0: no answer."""
+def loop_clients(server, question: str, clients: int, until: float, parameters: dict | None = None):
+    """Start ``clients`` keep-alive clients asking ``question`` (with ``parameters``) until
+    ``until`` (at most 3,000 requests each). Returns their threads and the list they fill with
+    (started, answered, status) of every request; status 0: no answer."""
     events, lock = [], threading.Lock()
+    body = json.dumps({"inputs": question, **({"parameters": parameters} if parameters else {})})
 
     def client():
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -29,7 +30,7 @@ def loop_clients(server, question: str, clients: int, until: float):
                 break
             started = time.monotonic()
             try:
-                conn.request("POST", "/invocations", body=json.dumps({"inputs": question}),
+                conn.request("POST", "/invocations", body=body,
                              headers={"Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()
@@ -53,7 +54,9 @@ def test_a_killed_worker_fails_only_its_requests_in_flight(tmp_path, qa_pairs, w
     srv = MmsServer("--model-dir", str(DEMO_MODEL), "--workers", str(workers), log_path=tmp_path / "mms.log")
     try:
         srv.start().wait_ready()
-        threads, events = loop_clients(srv, qa_pairs[0]["question"], 4, time.monotonic() + 12)
+        # 64 tokens each: the worker is busy most of the time, so the kill catches a batch in it
+        threads, events = loop_clients(srv, qa_pairs[0]["question"], 4, time.monotonic() + 12,
+                                       {"min_new_tokens": 64, "max_new_tokens": 64})
         time.sleep(3)
         pids = srv.model_workers("model")  # MMS's listener, and the workers it forked
         forks = [p for p in pids if any(p in children(q) for q in pids)]

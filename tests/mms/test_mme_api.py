@@ -20,7 +20,7 @@ def root(tmp_path_factory) -> Path:
     make_model(root, "demo-b")
     make_model(root, "legacy", "legacy_inference.py")
     make_model(root, "toolkit", "toolkit_inference.py")
-    broken = make_model(root, "broken")
+    broken = make_model(root, "broken", converted=False)  # the checkpoint alone: its weights break
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
     (tmp_path_factory.getbasetemp() / "outside").mkdir(exist_ok=True)

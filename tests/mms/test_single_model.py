@@ -16,7 +16,9 @@ pytestmark = pytest.mark.skipif(not demo_model_ready(), reason="demo/model is no
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = MmsServer("--model-dir", str(DEMO_MODEL), log_path=tmp_path_factory.mktemp("log") / "mms.log")
+    """The MMS stack on transformers (the CTranslate2 default has tests/mms/test_ct2.py)."""
+    srv = MmsServer("--model-dir", str(DEMO_MODEL), log_path=tmp_path_factory.mktemp("log") / "mms.log",
+                    env={"INFERENCE_BACKEND": "transformers"})
     with running(srv):
         yield srv
 

@@ -256,9 +256,9 @@ BROKEN = {"truncated-weights": "model.safetensors", "no-weights": "weights", "no
 
 
 def broken_model(root: Path, kind: str) -> Path:
-    """A copy of the demo model, broken in one way."""
+    """A copy of the demo model's checkpoint (not its converted copy), broken in one way."""
     model = root / kind
-    shutil.copytree(DEMO_MODEL, model)
+    shutil.copytree(DEMO_MODEL, model, ignore=shutil.ignore_patterns("ctranslate2"))
     weights = model / "model.safetensors"
     if kind == "truncated-weights":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])

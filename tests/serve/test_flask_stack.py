@@ -3,14 +3,17 @@
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
-from tests.procs import DEMO_MODEL, REPO, Server, alive, children, cmdline, descendants
+from tests.procs import DEMO_MODEL, REPO, Server, alive, children, cmdline, descendants, free_port
 
 MIB = 1024 * 1024
 
@@ -29,14 +32,20 @@ def ask(server, question, **parameters):
     return response.json()[0]["generated_text"]
 
 
-def test_ping_is_503_until_the_model_is_warm_then_200(server):
-    assert server.pings[-1] == 200
-    before = [p for p in server.pings[:-1] if p != 0]
-    assert before, "expected /ping to answer (503) while the model was loading"
-    assert set(before) == {503}
-    response = requests.get(server.url + "/ping", timeout=2)
-    assert response.status_code == 200
-    assert response.headers["Content-Type"] == "application/json"
+def test_ping_is_503_until_the_model_is_loaded_then_200(tmp_path):
+    """A model that takes 3 s to load (its script sleeps): /ping says 503 until it can answer."""
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    shutil.copyfile(REPO / "tests" / "mms" / "fixtures" / "scripted_inference.py", model / "code" / "inference.py")
+    (model / "behaviour.json").write_text('{"load_sleep": 3}')
+    with Server(model, log_path=tmp_path / "serve.log") as server:
+        assert server.pings[-1] == 200
+        before = [p for p in server.pings[:-1] if p != 0]
+        assert before, "expected /ping to answer (503) while the model was loading"
+        assert set(before) == {503}
+        response = requests.get(server.url + "/ping", timeout=2)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/json"
 
 
 def test_answers_demo_questions(server, qa_pairs):
@@ -249,8 +258,9 @@ def test_a_dead_child_takes_the_supervisor_down_non_zero(tmp_path):
 def test_a_model_that_fails_to_load_exits_non_zero_and_never_pings_200(tmp_path):
     broken = tmp_path / "model"
     broken.mkdir()
-    for f in DEMO_MODEL.iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
+    for f in DEMO_MODEL.iterdir():  # the checkpoint, not its converted copy (ctranslate2/)
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     srv = Server(model_dir=broken, log_path=tmp_path / "serve.log").start()
     try:
@@ -265,3 +275,15 @@ def test_a_model_that_fails_to_load_exits_non_zero_and_never_pings_200(tmp_path)
         assert "model.safetensors" in srv.log()
     finally:
         srv.stop()
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_a_start_up_error(tmp_path):
+    """INFERENCE_DEVICE=cuda on a host without a GPU: the start-up check says so, exit 2,
+    nothing served (handlers.cuda.check_gpu; a GPU image without a GPU and no device asked
+    for serves on the CPU instead)."""
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("a GPU is here")
+    done = subprocess.run([sys.executable, "-m", "serve"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, INFERENCE_DEVICE="cuda", SAGEMAKER_BIND_TO_PORT=str(free_port())))
+    assert done.returncode == 2, done.stderr
+    assert "GPU check: no NVIDIA GPU here" in done.stderr

@@ -169,7 +169,7 @@ def bodies(tokens: int, work: Path) -> Path:
 def wrk(port: int, connections: int, seconds: float, tokens: int, work: Path) -> subprocess.Popen:
     script = work / f"wrk-{tokens}.lua"
     script.write_text(textwrap.dedent(WRK_SCRIPT % {"bodies": bodies(tokens, work)}))
-    return subprocess.Popen(["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{seconds}s",
+    return subprocess.Popen(["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
                              "--timeout", "120s", "-s", str(script), f"http://127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -299,6 +299,7 @@ def main() -> int:
     parser.add_argument("--mixed", type=float, default=20, help="seconds per phase (0: skip)")
     parser.add_argument("--baseline-tree", type=Path, help="another checkout (e.g. a git worktree of main)")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--stacks", help="only the stacks whose names start with one of these (comma-separated)")
     parser.add_argument("--plots", type=Path, help="dir for PNG plots (stacks_bench_<shape>.png)")
     parser.add_argument("--json", type=Path, default=REPO / "build" / "stacks_bench.json")
     parser.add_argument("--raw", help=argparse.SUPPRESS)  # MODEL,LAYOUT,BATCH,SECONDS: one raw run
@@ -320,6 +321,8 @@ def main() -> int:
             model = shipped(shape, work)
             data = report["models"][shape] = {"raw": raw_rows(model, levels, args.duration), "stacks": {}, "mixed": {}}
             for stack in stacks(model, args.baseline_tree, hf_python, work):
+                if args.stacks and not stack.name.startswith(tuple(args.stacks.split(","))):
+                    continue
                 print(f"   {stack.name}", flush=True)
                 data["stacks"][stack.name] = measure(stack, levels, args.duration, work)
                 if args.mixed and ("default" in stack.name or "baseline" in stack.name):

@@ -10,7 +10,8 @@ each on the multi-model stack; one thread for torch). A lane that becomes free t
   its replicas), so that no lane ends up with most of the callers and the others with few;
 - under load (its last batch held several jobs) it waits, at most ``max_wait_s`` and half its
   last batch's run time, for the callers of that batch, who are sending again: batches then
-  keep the size of the load instead of settling into small ones that take turns;
+  keep the size of the load instead of settling into small ones that take turns; before long
+  work it waits up to ``max_wait_s`` for one more caller, for the same reason;
 - long work never takes the last free lane while short work is about: a job is long when its
   ``cost`` (tokens it may generate) is over ``LONG_COST``, and while a short job arrived
   within ``SHORT_WORK_S`` at most ``lanes - 1`` lanes run long work. A new short request then
@@ -169,9 +170,14 @@ class Scheduler:
                 if self.state != "ready":
                     return []
                 self.cond.wait()
-            if lane.members > 1 and len(batch) < lane.members:  # under load: let the callers return
-                deadline = time.monotonic() + min(self.max_wait_s, lane.duration / 2)
-                while len(batch) < lane.members and (left := deadline - time.monotonic()) > 0:
+            # Under load, let the callers of the last batch return; before long work, let one more
+            # caller join (a wait of max_wait_s is little beside a long batch, and keeps callers of
+            # long work from drifting apart into batches of one that take turns).
+            wanted = max(lane.members if lane.members > 1 else 0, len(batch) + 1 if batch[0].long else 0)
+            if len(batch) < wanted:
+                wait = self.max_wait_s if batch[0].long else min(self.max_wait_s, lane.duration / 2)
+                deadline = time.monotonic() + wait
+                while len(batch) < wanted and (left := deadline - time.monotonic()) > 0:
                     self.cond.wait(left)
                     batch = self._pick() or batch
                 batch = [j for j in batch if j in self.queue] or self._pick()
@@ -193,9 +199,11 @@ class Scheduler:
             return []
         same = [j for j in self.queue if j.key == first.key and (long_ok or not j.long)]
         # Its share of this kind of work (short or long): what is queued and what the lanes
-        # running the same kind hold, over those lanes and the idle ones.
+        # running the same kind hold, over those lanes and the idle ones that may take it.
         peers = [lane for lane in self.lanes if lane.busy and lane.long == first.long]
         idle = sum(not lane.busy for lane in self.lanes)
+        if first.long and short_about:  # the last lane is kept for short work
+            idle = min(idle, len(self.lanes) - 1 - long_lanes)
         share = -(-(sum(j.size for j in same) + sum(lane.members for lane in peers)) // max(1, idle + len(peers)))
         batch, total = [], 0
         for job in same:

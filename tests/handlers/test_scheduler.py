@@ -195,3 +195,21 @@ def test_close_returns_what_never_started():
     assert scheduler.close() == [waiting]
     run.hold.set()
     assert running.result(5) == "a"
+
+
+def test_long_work_waits_briefly_for_a_second_caller():
+    """Two callers of long work that drift apart would take turns in batches of one (each
+    waiting a whole batch for the other); a lane about to start long work waits max_wait_s
+    for company, so they run together again."""
+    run = Recorder(seconds=0.2)
+    scheduler = started(run, lanes=1, max_size=8, max_wait_s=0.3)
+    first = scheduler.submit(job("L1", key="long", cost=LONG_COST + 1))
+    time.sleep(0.1)  # the second caller comes 100 ms later: within the wait
+    second = scheduler.submit(job("L2", key="long", cost=LONG_COST + 1))
+    first.result(5), second.result(5)
+    assert run.batches == [["L1", "L2"]]
+    short = Job(key="short", cost=8)  # short work never waits for company when idle
+    short.name = "s"
+    t0 = time.monotonic()
+    scheduler.submit(short).result(5)
+    assert time.monotonic() - t0 < 0.28

@@ -30,6 +30,14 @@ def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1
     return value
 
 
+def choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first when unset)."""
+    value = env.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
 def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -58,6 +66,7 @@ class HandlerConfig:
     max_batch_wait_ms: float = 20.0  # INFERENCE_MAX_BATCH_WAIT_MS: wait to fill a batch, under load
     backend: str = "auto"  # INFERENCE_BACKEND: auto (CTranslate2 where it runs the model), ctranslate2, transformers
     compute_type: str | None = None  # CT2_COMPUTE_TYPE (default int8 on CPU, bfloat16 on capable GPUs)
+    thread_layout: str = "auto"  # CT2_THREAD_LAYOUT: auto (measured at start), replicas, both
     ct2_cache_dir: str | None = None  # CT2_CACHE_DIR: converted checkpoints (default ~/.cache/...)
     threads: int | None = None  # engine threads (INFERENCE_TORCH_THREADS; default: the cores)
     timeout_s: float | None = None  # a server's request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT), for messages
@@ -68,9 +77,6 @@ class HandlerConfig:
         if submit_dir.startswith("s3://"):
             submit_dir = ""  # SageMaker already unpacked it into the model dir's code/
         max_input = env.get("INFERENCE_MAX_INPUT_TOKENS", "").strip()
-        backend = env.get("INFERENCE_BACKEND", "").strip().lower() or cls.backend
-        if backend not in BACKENDS:
-            raise ConfigError(f"INFERENCE_BACKEND={backend!r} must be one of {', '.join(BACKENDS)}")
         return cls(
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip() or None,
             program=env.get("SAGEMAKER_PROGRAM", "").strip() or "inference.py",
@@ -81,8 +87,9 @@ class HandlerConfig:
             max_input_tokens=env_int(env, "INFERENCE_MAX_INPUT_TOKENS", 0) if max_input else None,
             max_batch_size=env_int(env, "INFERENCE_MAX_BATCH_SIZE", cls.max_batch_size),
             max_batch_wait_ms=env_float(env, "INFERENCE_MAX_BATCH_WAIT_MS", cls.max_batch_wait_ms),
-            backend=backend,
+            backend=choice(env, "INFERENCE_BACKEND", BACKENDS),
             compute_type=env.get("CT2_COMPUTE_TYPE", "").strip().lower() or None,
+            thread_layout=choice(env, "CT2_THREAD_LAYOUT", ("auto", "replicas", "both")),
             ct2_cache_dir=env.get("CT2_CACHE_DIR", "").strip() or None,
             threads=env_int(env, "INFERENCE_TORCH_THREADS", 0, minimum=0) or None,
         )

@@ -3,6 +3,7 @@
 streaming, user scripts' default hooks."""
 
 import json
+import os
 import shutil
 import threading
 
@@ -192,3 +193,34 @@ def test_decoding_equals_transformers_for_any_ids(ct2_demo, demo_model):
         assert ct2_demo.engine.detokenize(sequences) == demo_model.engine.detokenize(sequences)
 
     check()
+
+
+def test_lone_prompts_on_all_threads_answer_as_the_replicas(demo_dir, ct2_config, known):
+    """CT2_THREAD_LAYOUT=both keeps a copy on all the threads for a prompt alone (what the
+    start-up measurement keeps where it is faster): the same answers, and a lone prompt runs
+    on it while batches run on the one-thread replicas."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: there is no other layout")
+    model = load_model(demo_dir, ct2_config(thread_layout="both"))
+    model.start()
+    assert model.engine.lone is not None
+    used = []
+    for name in ("translator", "lone"):
+        translator = getattr(model.engine, name)
+        setattr(model.engine, name, Spy(translator, used, name))
+    questions = [q for q, _ in known[:6]]
+    assert texts(predict(model, [questions[0]])) == [known[0][1]]
+    assert used[-1] == "lone"
+    assert texts(predict(model, questions)) == [a for _, a in known[:6]]
+    replicas = load_model(demo_dir, ct2_config(thread_layout="replicas"))
+    replicas.start()
+    assert replicas.engine.lone is None
+
+
+class Spy:
+    def __init__(self, translator, used: list, name: str):
+        self.translator, self.used, self.name = translator, used, name
+
+    def translate_batch(self, *args, **kwargs):
+        self.used.append(self.name)
+        return self.translator.translate_batch(*args, **kwargs)

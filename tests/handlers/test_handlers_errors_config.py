@@ -67,13 +67,14 @@ def test_from_env_reads_every_variable():
         "CT2_CACHE_DIR": "/var/cache/ct2",
         "INFERENCE_TORCH_THREADS": "3",
         "INFERENCE_MAX_BATCH_WAIT_MS": "7.5",
+        "CT2_THREAD_LAYOUT": "Both",
         "OMP_NUM_THREADS": "5",  # torch's own variable: not ours to read
     })
     assert config == HandlerConfig(default_accept="text/csv", program="serve.py",
                                    submit_dir="/opt/ml/code", device="cpu", dtype="bfloat16",
                                    max_new_tokens=64, max_input_tokens=128, max_batch_size=4,
                                    backend="ctranslate2", compute_type="int8_float32",
-                                   ct2_cache_dir="/var/cache/ct2", threads=3, max_batch_wait_ms=7.5)
+                                   ct2_cache_dir="/var/cache/ct2", threads=3, max_batch_wait_ms=7.5, thread_layout="both")
 
 
 def test_from_env_ignores_s3_submit_directory():
@@ -85,7 +86,7 @@ def test_from_env_ignores_s3_submit_directory():
     ("INFERENCE_MAX_NEW_TOKENS", "lots"), ("INFERENCE_MAX_NEW_TOKENS", "0"),
     ("INFERENCE_MAX_BATCH_SIZE", "-1"), ("INFERENCE_MAX_INPUT_TOKENS", "1.5"),
     ("INFERENCE_MAX_INPUT_TOKENS", "0"), ("INFERENCE_BACKEND", "onnx"),
-    ("INFERENCE_TORCH_THREADS", "two"), ("INFERENCE_MAX_BATCH_WAIT_MS", "-1"),
+    ("INFERENCE_TORCH_THREADS", "two"), ("INFERENCE_MAX_BATCH_WAIT_MS", "-1"), ("CT2_THREAD_LAYOUT", "fast"),
 ])
 def test_from_env_invalid_value_names_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):

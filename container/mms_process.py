@@ -119,9 +119,6 @@ class MmsProcess:
         """What the app's backend needs to know of this MMS (``container.backend``), as JSON."""
         return json.dumps({"port": self.port, "state_dir": str(self.state_dir), "pgid": self.java.pid})
 
-    def exit_code(self) -> int | None:
-        return None if self.java is None else self.java.poll()
-
     def stop(self, deadline: float) -> None:
         """Java first (it stops its workers), then whatever is left of its group, all by
         ``deadline`` (time.monotonic()); then the private directory goes."""

@@ -217,7 +217,7 @@ def torch_cuda_version(version_py: Path | None = None) -> str | None:
 def required_cuda(backend: str) -> str | None:
     """The CUDA version a backend's GPU code needs from the driver: torch's build for
     transformers; 12 for CTranslate2 (its wheel loads CUDA 12's cuBLAS)."""
-    return "12.0" if backend == "ctranslate2" else torch_cuda_version()
+    return "12.0" if backend in ("ctranslate2", "auto") else torch_cuda_version()
 
 
 def check_gpu(required: str | None, evidence: Callable[[], str | None] = gpu_evidence,
@@ -345,9 +345,6 @@ class MemoryBudget:
         per_input = (max(sequences_per_input, 1) * self.shape.sequence_bytes(input_tokens, new_tokens, self.activation)
                      + self.shape.encoding_bytes(input_tokens, self.activation))
         return max(1, self.usable // per_input)
-
-    def max_sequences(self, input_tokens: int, new_tokens: int, sequences_per_input: int = 1) -> int:
-        return self.max_inputs(input_tokens, new_tokens, sequences_per_input) * max(sequences_per_input, 1)
 
 
 def torch_free_bytes(device) -> int:

@@ -128,9 +128,6 @@ class Scheduler:
         if then is not None:
             then()
 
-    def queued(self) -> int:
-        return len(self.queue)
-
     def _lane(self, index: int, prepare, failure: list) -> None:
         if index == 0:
             try:

@@ -27,7 +27,7 @@ def usable_gpus(settings: Settings) -> int | None:
     if device.startswith("cpu"):
         return 0
     torch_cuda = cuda.torch_cuda_version()
-    check = cuda.check_gpu(torch_cuda if settings.handler.backend == "transformers" else "12.0")
+    check = cuda.check_gpu(cuda.required_cuda(settings.handler.backend))
     if check.error or (check.warning and device.startswith("cuda")):
         log.error("GPU check: %s", check.error or check.warning)
         return None

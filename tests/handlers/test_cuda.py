@@ -472,7 +472,6 @@ def test_the_budget_splits_what_would_not_fit_on_an_a10g():
     budget = cuda.MemoryBudget.measure(23 * GIB, xl, "bfloat16", weights_loaded=False)
     assert budget.max_inputs(512, 512, 1) >= 32
     assert 8 <= budget.max_inputs(512, 512, 4) < 32
-    assert budget.max_sequences(512, 512, 4) == 4 * budget.max_inputs(512, 512, 4)
     base = cuda.T5Shape.from_config(FLAN_T5["base"][0])
     assert cuda.MemoryBudget.measure(22 * GIB, base, "torch.bfloat16").max_inputs(512, 512, 4) >= 32
     # two workers on one GPU each get half; short answers fit many more

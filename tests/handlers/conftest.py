@@ -174,11 +174,12 @@ def ct2_config(ct2_cache):
 
 
 @pytest.fixture(scope="session")
-def ct2_demo(demo_dir, ct2_config):
-    """The demo model on CTranslate2 float32 (converted into the session cache), started."""
+def ct2_demo(tmp_path_factory, ct2_config):
+    """The demo model on CTranslate2 float32, started: its checkpoint converted into the
+    session cache (demo/model's own ctranslate2/ copy is int8)."""
     from handlers import load_model
 
-    model = load_model(demo_dir, ct2_config())
+    model = load_model(copy_demo(tmp_path_factory.mktemp("demo-checkpoint")), ct2_config())
     model.start()
     return model
 

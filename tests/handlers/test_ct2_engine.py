@@ -83,9 +83,6 @@ def test_where_answers_differ_the_best_sequence_still_agrees(demo_model, ct2_dem
     for parameters in ({"num_beams": 4, "num_return_sequences": 2}, {"num_beams": 4, "num_return_sequences": 3}):
         assert agreement(demo_model, ct2_demo, questions, parameters, first_only=True) >= 0.95
     assert agreement(demo_model, ct2_demo, questions, {"min_new_tokens": 5}) >= 0.95
-    forced = {"num_beams": 3, "min_new_tokens": 5}
-    answers = predict(ct2_demo, [{"inputs": q, "parameters": forced} for q in questions[:20]])
-    assert all(len(a[0]["generated_text"].split()) >= 2 for a in answers)  # past the model's own end
 
 
 def test_t5_small_shape_float32_greedy_token_ids_equal(t5_small_dirs, demo_qa):

@@ -17,7 +17,7 @@ from collections.abc import Hashable
 from dataclasses import replace
 from pathlib import Path
 
-from handlers import convert, cuda
+from handlers import convert, cuda, gpu_memory
 from handlers.artifacts import check_model_dir
 from handlers.config import HandlerConfig
 from handlers.errors import BadRequest, ModelLoadError
@@ -65,7 +65,7 @@ class CTranslate2Engine:
         self.translator = None
         self.lone = None  # a copy on all the threads for a prompt alone, where that is faster here
         self.running, self.running_lock = 0, threading.Lock()  # translate_batch calls under way
-        self.budget: cuda.MemoryBudget | None = None  # CPU: none
+        self.budget: gpu_memory.MemoryBudget | None = None  # CPU: none
         kind, _, index = (config.device or ("cuda" if gpu_visible() else "cpu")).partition(":")
         if kind not in COMPUTE_TYPES:
             raise ModelLoadError(f"INFERENCE_DEVICE={config.device!r}: CTranslate2 runs on cpu or cuda")
@@ -110,7 +110,7 @@ class CTranslate2Engine:
         if kind == "cuda":  # before the weights are on it: they are taken off the free memory
             devices = cuda.run_probe().get("devices") or [{}]
             free = devices[min(index, len(devices) - 1)].get("free", 0)
-            self.budget = cuda.MemoryBudget.measure(free, cuda.T5Shape.from_config(read_json(self.model_dir / "config.json")),
+            self.budget = gpu_memory.MemoryBudget.measure(free, gpu_memory.T5Shape.from_config(read_json(self.model_dir / "config.json")),
                                                     compute_type, weights_loaded=False)
         if kind == "cuda" and not self.config.compute_type and \
                 "bfloat16" not in ctranslate2.get_supported_compute_types("cuda", index):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-from handlers import cuda
+from handlers import gpu_memory
 from handlers.artifacts import resolve_model_dir
 from handlers.codecs import Generation
 from handlers.config import HandlerConfig
@@ -144,7 +144,7 @@ class FlanT5Model:
         size = len(jobs) if budget is None else budget.max_inputs(
             max(len(j.ids) for j in jobs), max(j.max_new_tokens for j in jobs), per_input)
         for start in range(0, len(jobs), size):
-            for job, error in zip(jobs[start:start + size], cuda.run_in_memory(
+            for job, error in zip(jobs[start:start + size], gpu_memory.run_in_memory(
                     self._run_unanswered, jobs[start:start + size], too_big=self._too_big)):
                 if error is not None:
                     job.fail(error)
@@ -156,7 +156,7 @@ class FlanT5Model:
 
     @staticmethod
     def _too_big(job: GenerationJob) -> InferenceError:
-        return cuda.does_not_fit(len(job.ids), job.max_new_tokens, job.params.num_beams or 1,
+        return gpu_memory.does_not_fit(len(job.ids), job.max_new_tokens, job.params.num_beams or 1,
                                  job.params.num_return_sequences)
 
     def stream(self, prompt: str, params: GenerationParams, timeout: float) -> "TextStream":

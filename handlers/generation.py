@@ -87,55 +87,55 @@ def parse_parameters(raw: Any, *, max_new_tokens_cap: int) -> GenerationParams:
         if "max_new_tokens" in given:
             raise BadRequest("give either 'max_new_tokens' or 'max_length', not both")
         given["max_new_tokens"] = given.pop("max_length")
-    out: dict[str, Any] = {}
-    if "max_new_tokens" in given:
-        out["max_new_tokens"] = _int("max_new_tokens", given["max_new_tokens"], 1)
-        if out["max_new_tokens"] > max_new_tokens_cap:
-            raise BadRequest(f"parameter 'max_new_tokens' is {out['max_new_tokens']}, above this "
-                             f"server's cap of {max_new_tokens_cap} (INFERENCE_MAX_NEW_TOKENS)")
-    if "min_new_tokens" in given:
-        out["min_new_tokens"] = _int("min_new_tokens", given["min_new_tokens"], 0, max_new_tokens_cap)
-        if out["min_new_tokens"] > out.get("max_new_tokens", max_new_tokens_cap):
-            raise BadRequest("parameter 'min_new_tokens' must be <= 'max_new_tokens'")
-    for name, high in (("num_beams", MAX_NUM_BEAMS), ("num_return_sequences", MAX_RETURN_SEQUENCES)):
+    out = _lengths(given, max_new_tokens_cap)
+    for name, low, high in (("num_beams", 1, MAX_NUM_BEAMS), ("num_return_sequences", 1, MAX_RETURN_SEQUENCES),
+                            ("top_k", 0, None), ("no_repeat_ngram_size", 0, None), ("seed", 0, 2**63 - 1)):
         if name in given:
-            out[name] = _int(name, given[name], 1, high)
-    if "top_k" in given:
-        out["top_k"] = _int("top_k", given["top_k"], 0)
-    if "no_repeat_ngram_size" in given:
-        out["no_repeat_ngram_size"] = _int("no_repeat_ngram_size", given["no_repeat_ngram_size"], 0)
-    if "seed" in given:
-        out["seed"] = _int("seed", given["seed"], 0, 2**63 - 1)
+            out[name] = _int(name, given[name], low, high)
     if "do_sample" in given:
         out["do_sample"] = _bool("do_sample", given["do_sample"])
-    if "temperature" in given:
-        out["temperature"] = _float("temperature", given["temperature"], low=MIN_DIVISOR, high=100.0)
-    if "top_p" in given:
-        out["top_p"] = _float("top_p", given["top_p"], low=0.0, low_open=True, high=1.0)
-    if "repetition_penalty" in given:
-        out["repetition_penalty"] = _float("repetition_penalty", given["repetition_penalty"],
-                                           low=MIN_DIVISOR, high=100.0)
-    if "length_penalty" in given:
-        out["length_penalty"] = _float("length_penalty", given["length_penalty"], low=-100.0, high=100.0)
+    for name, bounds in (("temperature", dict(low=MIN_DIVISOR, high=100.0)),
+                         ("top_p", dict(low=0.0, low_open=True, high=1.0)),
+                         ("repetition_penalty", dict(low=MIN_DIVISOR, high=100.0)),
+                         ("length_penalty", dict(low=-100.0, high=100.0))):
+        if name in given:
+            out[name] = _float(name, given[name], **bounds)
     if "early_stopping" in given:
         value = given["early_stopping"]
         if not (isinstance(value, bool) or value == "never"):
             raise BadRequest(f"parameter 'early_stopping' must be true, false or \"never\", got {value!r}")
         out["early_stopping"] = value
     if "stop" in given:
-        stop = given["stop"]
-        stop = [stop] if isinstance(stop, str) else stop
-        if (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)
-                or len(stop) > MAX_STOP_SEQUENCES):
-            raise BadRequest(f"parameter 'stop' must be a non-empty string or a list of at most "
-                             f"{MAX_STOP_SEQUENCES} non-empty strings, got {given['stop']!r}")
-        out["stop"] = tuple(stop)
+        out["stop"] = _stop(given["stop"])
     sampling = out.get("do_sample", False)
     returns, beams = out.get("num_return_sequences", 1), out.get("num_beams", 1)
     if not sampling and returns > beams:
         raise BadRequest(f"parameter 'num_return_sequences' ({returns}) must be <= 'num_beams' "
                          f"({beams}) unless 'do_sample' is true")
     return GenerationParams(**out)
+
+
+def _lengths(given: dict, cap: int) -> dict[str, int]:
+    out = {}
+    if "max_new_tokens" in given:
+        out["max_new_tokens"] = _int("max_new_tokens", given["max_new_tokens"], 1)
+        if out["max_new_tokens"] > cap:
+            raise BadRequest(f"parameter 'max_new_tokens' is {out['max_new_tokens']}, above this "
+                             f"server's cap of {cap} (INFERENCE_MAX_NEW_TOKENS)")
+    if "min_new_tokens" in given:
+        out["min_new_tokens"] = _int("min_new_tokens", given["min_new_tokens"], 0, cap)
+        if out["min_new_tokens"] > out.get("max_new_tokens", cap):
+            raise BadRequest("parameter 'min_new_tokens' must be <= 'max_new_tokens'")
+    return out
+
+
+def _stop(stop: Any) -> tuple[str, ...]:
+    sequences = [stop] if isinstance(stop, str) else stop
+    if (not isinstance(sequences, list) or not all(isinstance(s, str) and s for s in sequences)
+            or len(sequences) > MAX_STOP_SEQUENCES):
+        raise BadRequest(f"parameter 'stop' must be a non-empty string or a list of at most "
+                         f"{MAX_STOP_SEQUENCES} non-empty strings, got {stop!r}")
+    return tuple(sequences)
 
 
 def default_max_new_tokens(model_dir: Path, cap: int) -> int:

@@ -10,7 +10,7 @@ import transformers
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from handlers import cuda
+from handlers import cuda, gpu_memory
 from handlers.artifacts import check_model_dir, weight_file
 from handlers.config import HandlerConfig
 from handlers.errors import ModelLoadError
@@ -81,7 +81,7 @@ class TransformersEngine:
                   if isinstance(n, int) and 0 < n < 1_000_000]
         self.max_input_tokens = min(limits) if limits else 512
         self._placed = False
-        self.budget: cuda.MemoryBudget | None = None  # CPU: none
+        self.budget: gpu_memory.MemoryBudget | None = None  # CPU: none
 
     @classmethod
     def load(cls, path: Path, config: HandlerConfig) -> "TransformersEngine":
@@ -120,8 +120,8 @@ class TransformersEngine:
             self.model.to(self.device)
             self._placed = True
             if self.device.type == "cuda":
-                self.budget = cuda.MemoryBudget.measure(cuda.torch_free_bytes(self.device),
-                                                        cuda.T5Shape.from_config(self.model.config.to_dict()),
+                self.budget = gpu_memory.MemoryBudget.measure(gpu_memory.torch_free_bytes(self.device),
+                                                        gpu_memory.T5Shape.from_config(self.model.config.to_dict()),
                                                         str(self.model.dtype))
 
     def close(self) -> None:

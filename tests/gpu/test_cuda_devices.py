@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from handlers import cuda
+from handlers import cuda, gpu_memory
 from tests.procs import REPO
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -43,11 +43,11 @@ print(json.dumps({"error": check.error, "warning": check.warning, "driver": chec
 
 
 def test_torch_free_bytes_counts_what_the_caching_allocator_holds_unused():
-    before = cuda.torch_free_bytes(0)
+    before = gpu_memory.torch_free_bytes(0)
     block = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-    held = cuda.torch_free_bytes(0)
+    held = gpu_memory.torch_free_bytes(0)
     del block  # back to torch's cache, not to the device: still free for torch
-    assert abs(cuda.torch_free_bytes(0) - before) < (8 << 20)
+    assert abs(gpu_memory.torch_free_bytes(0) - before) < (8 << 20)
     assert abs(before - held - (256 << 20)) < (8 << 20)
 
 
@@ -102,10 +102,10 @@ def test_a_real_out_of_memory_batch_is_split_and_every_request_answered(small_on
         return generate(model, items, params)
 
     def too_big(_):
-        return cuda.does_not_fit(740, 48, 4, 1)
+        return gpu_memory.does_not_fit(740, 48, 4, 1)
 
     started = time.perf_counter()
-    split = cuda.run_in_memory(run, prompts, too_big)
+    split = gpu_memory.run_in_memory(run, prompts, too_big)
     took = time.perf_counter() - started
     same = sum(a == b for a, b in zip(split, whole))
     print(f"out-of-memory split: the whole batch needs {need_all >> 20} MiB, {need_all // 3 >> 20} MiB left free; "
@@ -115,13 +115,13 @@ def test_a_real_out_of_memory_batch_is_split_and_every_request_answered(small_on
     assert same >= 30
     # Still serving: the next request, with the filler still there.
     started = time.perf_counter()
-    [next_answer] = cuda.run_in_memory(run, prompts[:1], too_big)
+    [next_answer] = gpu_memory.run_in_memory(run, prompts[:1], too_big)
     assert isinstance(next_answer, tuple) and len(next_answer) == 48
     print(f"next request answered in {(time.perf_counter() - started) * 1000:.0f} ms")
     # A request that does not fit even alone: a 400 naming what to lower, for it alone.
     torch.cuda.empty_cache()  # else torch's cached blocks would still hold a small batch
     huge = torch.empty(torch.cuda.mem_get_info()[0] - need_one // 4, dtype=torch.uint8, device="cuda")
-    alone = cuda.run_in_memory(run, prompts[:2], too_big)
+    alone = gpu_memory.run_in_memory(run, prompts[:2], too_big)
     assert all(getattr(a, "status", None) == 400 for a in alone), alone
     print(f"with {need_one // 4 >> 20} MiB free, alone it does not fit either: {alone[0].status} {alone[0].message}")
     del huge, filler

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers import cuda
+from handlers import cuda, gpu_memory
 from handlers.errors import BadRequest
 from tests.procs import REPO, alive
 
@@ -244,8 +244,10 @@ def test_torch_cuda_version_is_read_without_importing_torch(tmp_path):
 
 # --- one worker per GPU ----------------------------------------------------------------------------------
 def test_one_worker_per_gpu_unless_configured():
-    assert [cuda.workers_for(None, gpus) for gpus in (0, 1, 4, 8)] == [1, 1, 4, 8]
-    assert cuda.workers_for(2, 4) == 2 and cuda.workers_for(3, 0) == 3
+    from contract.settings import Settings
+    assert [Settings.from_env({}, gpus=gpus).workers for gpus in (0, 1, 4, 8)] == [1, 1, 4, 8]
+    assert Settings.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}, gpus=4).workers == 2
+    assert Settings.from_env({"SERVING_STACK": "mms"}, gpus=4).workers == len(os.sched_getaffinity(0))
 
 
 def test_worker_slots_take_a_gpu_each_and_share_in_turn():
@@ -333,7 +335,7 @@ def fails_above(limit: int, error: Exception, calls: list):
     RuntimeError("CUDA_ERROR_OUT_OF_MEMORY")])
 def test_out_of_memory_splits_the_batch_in_halves_until_it_fits_and_answers_all(error):
     calls, freed = [], []
-    results = cuda.run_in_memory(fails_above(2, error, calls), list(range(8)), too_big=pytest.fail,
+    results = gpu_memory.run_in_memory(fails_above(2, error, calls), list(range(8)), too_big=pytest.fail,
                                  free_cache=lambda: freed.append(1))
     assert results == [f"answer {i}" for i in range(8)]
     assert calls == [8, 4, 2, 2, 4, 2, 2]
@@ -346,8 +348,8 @@ def test_a_request_that_does_not_fit_alone_gets_a_400_and_the_others_are_answere
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return [f"answer {item}" for item in items]
 
-    results = cuda.run_in_memory(run, ["a", "huge", "b", "c"], free_cache=lambda: None,
-                                 too_big=lambda item: cuda.does_not_fit(480, 512, 8, 4))
+    results = gpu_memory.run_in_memory(run, ["a", "huge", "b", "c"], free_cache=lambda: None,
+                                 too_big=lambda item: gpu_memory.does_not_fit(480, 512, 8, 4))
     assert results[0] == "answer a" and results[2:] == ["answer b", "answer c"]
     assert isinstance(results[1], BadRequest) and results[1].status == 400
     for name in ("max_new_tokens 512", "num_beams 8", "num_return_sequences 4", "480 input tokens", "lower"):
@@ -360,7 +362,7 @@ def test_a_request_that_does_not_fit_alone_gets_a_400_and_the_others_are_answere
 def test_other_errors_are_not_retried(error):
     calls = []
     with pytest.raises(type(error)):
-        cuda.run_in_memory(fails_above(0, error, calls), [1, 2], too_big=pytest.fail, free_cache=pytest.fail)
+        gpu_memory.run_in_memory(fails_above(0, error, calls), [1, 2], too_big=pytest.fail, free_cache=pytest.fail)
     assert calls == [2]
 
 
@@ -380,8 +382,8 @@ def test_the_failed_calls_memory_is_unreachable_when_the_cache_is_freed():
         gc.collect()
         assert all(ref() is None for ref in held), "the failed call's tensors are still referenced"
 
-    assert cuda.run_in_memory(run, [1, 2], too_big=pytest.fail, free_cache=free_cache) == [0.0, 0.0]
-    cuda.free_device_cache()  # on a CPU-only torch: collects, and has no CUDA cache to empty
+    assert gpu_memory.run_in_memory(run, [1, 2], too_big=pytest.fail, free_cache=free_cache) == [0.0, 0.0]
+    gpu_memory.free_device_cache()  # on a CPU-only torch: collects, and has no CUDA cache to empty
 
 
 def test_split_batches_of_the_demo_model_answer_as_one_batch(demo_dir, demo_qa):
@@ -431,22 +433,22 @@ def test_parameter_count_matches_transformers_and_the_published_one(size):
     with torch.device("meta"):  # shapes only; transformers ties lm_head to the embeddings here
         model = T5ForConditionalGeneration(T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", **config))
     untied = model.num_parameters() + 32128 * config["d_model"]  # Flan-T5 has its own lm_head
-    counted = cuda.T5Shape.from_config({**config, "vocab_size": 32128}).parameters()
+    counted = gpu_memory.T5Shape.from_config({**config, "vocab_size": 32128}).parameters()
     assert abs(counted - untied) / untied < 0.001  # layer norms and position biases left out
     assert abs(counted - published) / published < 0.01
 
 
 def test_shape_from_the_demo_config():
     config = json.loads((REPO / "demo" / "model" / "config.json").read_text())
-    assert cuda.T5Shape.from_config(config) == cuda.T5Shape(d_model=64, d_kv=16, d_ff=256, num_heads=4,
+    assert gpu_memory.T5Shape.from_config(config) == gpu_memory.T5Shape(d_model=64, d_kv=16, d_ff=256, num_heads=4,
                                                             num_layers=2, num_decoder_layers=2, vocab_size=1100)
-    assert cuda.T5Shape.from_config({"num_layers": 24}).num_decoder_layers == 24
+    assert gpu_memory.T5Shape.from_config({"num_layers": 24}).num_decoder_layers == 24
 
 
 def test_the_key_value_cache_formula_matches_a_real_generate(demo_model):
     """Per sequence, transformers' cache holds exactly what sequence_bytes counts for it."""
     engine = demo_model.engine
-    shape = cuda.T5Shape.from_config(engine.model.config.to_dict())
+    shape = gpu_memory.T5Shape.from_config(engine.model.config.to_dict())
     inputs = engine.tokenize(["Where was Alnor Quarenard born? " * 6])
     with torch.inference_mode():
         out = engine.model.generate(**engine._tensors(inputs), max_new_tokens=12, min_new_tokens=12,
@@ -458,7 +460,7 @@ def test_the_key_value_cache_formula_matches_a_real_generate(demo_model):
     self_tokens = cache.self_attention_cache.layers[0].keys.shape[-2]
     cross_tokens = cache.cross_attention_cache.layers[0].keys.shape[-2]
     assert cross_tokens == len(inputs[0])
-    counted = cuda.T5Shape(**{**vars(shape), "vocab_size": 0}).sequence_bytes(cross_tokens, self_tokens, 4)
+    counted = gpu_memory.T5Shape(**{**vars(shape), "vocab_size": 0}).sequence_bytes(cross_tokens, self_tokens, 4)
     assert counted - cross_tokens * shape.d_model * 4 == held
 
 
@@ -468,18 +470,18 @@ GIB = 1 << 30
 def test_the_budget_splits_what_would_not_fit_on_an_a10g():
     """The issue's example: flan-t5-xl, bf16, 512 in / 512 out on an A10G's 24 GiB (weights not yet
     loaded): batch 32 fits with 1 beam (~13 GiB), not with 4 beams (~31 GiB)."""
-    xl = cuda.T5Shape.from_config(FLAN_T5["xl"][0])
-    budget = cuda.MemoryBudget.measure(23 * GIB, xl, "bfloat16", weights_loaded=False)
+    xl = gpu_memory.T5Shape.from_config(FLAN_T5["xl"][0])
+    budget = gpu_memory.MemoryBudget.measure(23 * GIB, xl, "bfloat16", weights_loaded=False)
     assert budget.max_inputs(512, 512, 1) >= 32
     assert 8 <= budget.max_inputs(512, 512, 4) < 32
-    base = cuda.T5Shape.from_config(FLAN_T5["base"][0])
-    assert cuda.MemoryBudget.measure(22 * GIB, base, "torch.bfloat16").max_inputs(512, 512, 4) >= 32
+    base = gpu_memory.T5Shape.from_config(FLAN_T5["base"][0])
+    assert gpu_memory.MemoryBudget.measure(22 * GIB, base, "torch.bfloat16").max_inputs(512, 512, 4) >= 32
     # two workers on one GPU each get half; short answers fit many more
-    shared = cuda.MemoryBudget.measure(23 * GIB, xl, "bfloat16", weights_loaded=False, share=2)
+    shared = gpu_memory.MemoryBudget.measure(23 * GIB, xl, "bfloat16", weights_loaded=False, share=2)
     assert shared.max_inputs(512, 512, 4) < budget.max_inputs(512, 512, 4) < budget.max_inputs(64, 32, 4)
 
 
 def test_the_budget_never_says_zero():
-    full = cuda.MemoryBudget.measure(1 * GIB, cuda.T5Shape.from_config(FLAN_T5["xl"][0]), "float32",
+    full = gpu_memory.MemoryBudget.measure(1 * GIB, gpu_memory.T5Shape.from_config(FLAN_T5["xl"][0]), "float32",
                                      weights_loaded=False)
     assert full.usable == 0 and full.max_inputs(512, 512, 16) == 1

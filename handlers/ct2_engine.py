@@ -63,6 +63,7 @@ class CTranslate2Engine:
         ``place`` builds in the process that runs it (it starts threads, and CUDA)."""
         self.model_dir, self.config = model_dir, config
         self.translator = None
+        self.placed_type: str | None = None  # the compute type place() built the Translator with
         self.lone = None  # a copy on all the threads for a prompt alone, where that is faster here
         self.running, self.running_lock = 0, threading.Lock()  # translate_batch calls under way
         self.budget: cuda.MemoryBudget | None = None  # CPU: none
@@ -93,6 +94,10 @@ class CTranslate2Engine:
         if convert.shipped_model(path) is None:
             check_model_dir(path)  # an HF checkpoint, converted on first use
         return cls(path, config)
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name, "compute_type": self.placed_type or self.compute_type,
+                "device": self.kind if self.kind == "cpu" else f"{self.kind}:{self.index}"}
 
     def place(self) -> None:
         """Build the Translator (its threads, and CUDA) in the process that runs it."""
@@ -125,6 +130,7 @@ class CTranslate2Engine:
                 self._pick_lone_layout(build(1, self.threads))
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"CTranslate2 cannot load {self.path}: {exc}") from exc
+        self.placed_type = compute_type
         log.info("loaded %s with CTranslate2 (%s on %s, %d lane(s) of %d thread(s)%s)", self.path, compute_type,
                  kind, self.lanes, 1 if kind == "cpu" else self.threads,
                  f"; a prompt alone on {self.threads} threads" if self.lone else "")

@@ -13,10 +13,10 @@ import logging
 import time
 from typing import Protocol
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from contract import routes
+from contract import metrics as prom, routes
 from contract.settings import Settings
 from handlers.errors import BadRequest, InferenceError, InternalError, PayloadTooLarge, ServiceUnavailable
 from handlers.pipeline import Request, Response as Answer
@@ -66,6 +66,11 @@ def ping():
 
 def execution_parameters():
     return json_response(routes.execution_parameters(settings))
+
+
+def metrics():
+    body, content_type = prom.exposition()
+    return Response(body, content_type=content_type)
 
 
 def invocations():
@@ -135,16 +140,19 @@ def read_body() -> bytes:
 
 
 def run(name: str | None) -> Response:
-    """A request for a model, through the backend; the caller's custom attributes come back."""
-    started = time.monotonic()
+    """A request for a model, through the backend; the caller's custom attributes come back, and
+    a whole answer carries its queue and engine time (``Server-Timing``)."""
+    g.model = name or routes.DEFAULT_MODEL
     body = read_body()
     headers = request.headers
-    answer = backend.invoke(name, Request(body, headers.get("Content-Type"), headers.get("Accept"),
-                                          tuple(headers.items())), started + settings.timeout_s)
+    g.answer = answer = backend.invoke(name, Request(body, headers.get("Content-Type"), headers.get("Accept"),
+                                                     tuple(headers.items())), g.arrived + settings.timeout_s)
     response = Response(answer.body, status=answer.status, content_type=answer.content_type,
                         headers=answer.headers)
     if routes.CUSTOM_ATTRIBUTES in headers:
         response.headers[routes.CUSTOM_ATTRIBUTES] = headers[routes.CUSTOM_ATTRIBUTES]
+    if answer.figures is not None:  # a stream's are known only at its end
+        response.headers["Server-Timing"] = answer.figures.server_timing(g.arrived)
     if answer.status >= 400:
         log.warning("rid=%s %s %s -> %d (%s bytes in)", rid(), request.method, request.path, answer.status,
                     request.content_length or 0)
@@ -156,11 +164,22 @@ def contract_routes_only():
     """The contract's table decides: a path it does not list (or a multi-model path on a
     single-model endpoint) is 404 whatever the method, and a method its route does not list
     is 405 (``/models/x/invoke`` is the invoke route, never model ``x/invoke``)."""
-    route = routes.route_of(request.path, settings.multi_model)
+    g.arrived = time.monotonic()
+    g.route = route = routes.route_of(request.path, settings.multi_model)
     if route is None:
         raise routes.not_found(request.path, settings.multi_model)
     if request.method not in route.allowed.split(", "):
         raise routes.not_allowed(request.method, request.path, route)
+
+
+@app.after_request
+def measured(response: Response) -> Response:
+    """Every answer is counted in /metrics once its last byte is sent (a stream's too)."""
+    arrived, route, status = g.get("arrived") or time.monotonic(), g.get("route"), response.status_code
+    model, answer = g.get("model"), g.get("answer")
+    response.call_on_close(lambda: prom.observe_request(route.endpoint if route else "none", model, status,
+                                                        arrived, answer.figures if answer else None))
+    return response
 
 
 @app.errorhandler(InferenceError)

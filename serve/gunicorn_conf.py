@@ -11,7 +11,7 @@ import os
 
 from gunicorn import util as gunicorn_util
 
-from contract import logs
+from contract import logs, metrics
 from contract.settings import KEEPALIVE_S, Settings
 from handlers import cuda
 from handlers.engine import loads_before_fork
@@ -55,6 +55,11 @@ def post_fork(server, worker):
     gpu = cuda.worker_gpu(worker.gpu_slot, _settings.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if gpu is not None and _settings.stack == "flask":
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def child_exit(server, worker):
+    """A worker that exited no longer counts in /metrics' live gauges (its counts stay)."""
+    metrics.worker_exited(worker.pid)
 
 
 def write_json_error(sock, status_int, reason, mesg):

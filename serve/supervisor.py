@@ -28,6 +28,7 @@ from handlers.errors import InferenceError
 
 log = logging.getLogger("serve")
 NGINX_TEMPLATE = REPO_ROOT / "nginx.conf"
+MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")  # prometheus_client's own
 
 
 def bind_in_range(sock: socket.socket, low: int, high: int, host: str = "127.0.0.1") -> None:
@@ -125,8 +126,12 @@ class Supervisor:
         sock, upstream = self.listen()
         conf = render_nginx(s, self.runtime_dir, upstream)
         self.children["nginx"] = subprocess.Popen([find_nginx(), "-c", str(conf), "-p", str(self.runtime_dir)])
-        env = dict(os.environ, SERVE_SETTINGS=s.to_json(), SERVE_UPSTREAM=f"fd://{sock.fileno()}",
+        env = {k: v for k, v in os.environ.items() if k not in MULTIPROC_ENV}
+        env.update(SERVE_SETTINGS=s.to_json(), SERVE_UPSTREAM=f"fd://{sock.fileno()}",
                    TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+        if s.stack == "flask":  # /metrics adds up what every gunicorn worker counted (contract.metrics)
+            (self.runtime_dir / "metrics").mkdir()
+            env[MULTIPROC_ENV[0]] = str(self.runtime_dir / "metrics")
         if s.stack == "mms":
             self.start_mms(env)
         self.children["gunicorn"] = subprocess.Popen(

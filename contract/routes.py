@@ -12,6 +12,7 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"  # echoed back only whe
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"  # multi-model: which model /invocations runs
 PING_OK = b'{"status": "healthy"}'
 DEFAULT_MODEL = "model"  # a single-model endpoint's model: its name on the MMS stack and in /metrics
+SERVE_MODEL = "X-Serve-Model"  # the app tells nginx's access log which loaded model answered; never sent on
 
 
 @dataclass(frozen=True)

@@ -155,8 +155,14 @@ def run(name: str | None) -> Response:
         response.headers["Server-Timing"] = answer.figures.server_timing(g.arrived)
     if answer.status >= 400:
         log.warning("rid=%s %s %s -> %d (%s bytes in)", rid(), request.method, request.path, answer.status,
-                    request.content_length or 0)
+                    request.content_length or 0, extra=request_fields(answer.status))
     return response
+
+
+def request_fields(status: int) -> dict:
+    """A request line's fields (LOG_FORMAT=json): never its body."""
+    return {"rid": rid(), "method": request.method, "path": request.path[:200], "status": status,
+            "model": prom.label(g.get("model")), "bytes_in": request.content_length or 0}
 
 
 @app.before_request
@@ -174,9 +180,12 @@ def contract_routes_only():
 
 @app.after_request
 def measured(response: Response) -> Response:
-    """Every answer is counted in /metrics once its last byte is sent (a stream's too)."""
+    """Every answer is counted in /metrics once its last byte is sent (a stream's too); the
+    loaded model that answered is named to nginx's access log."""
     arrived, route, status = g.get("arrived") or time.monotonic(), g.get("route"), response.status_code
     model, answer = g.get("model"), g.get("answer")
+    if model:
+        response.headers[routes.SERVE_MODEL] = prom.label(model)
     response.call_on_close(lambda: prom.observe_request(route.endpoint if route else "none", model, status,
                                                         arrived, answer.figures if answer else None))
     return response
@@ -186,7 +195,8 @@ def measured(response: Response) -> Response:
 def inference_error(error: InferenceError):
     # The message may quote the body (a parameter's value): only at DEBUG, never at INFO.
     log.warning("rid=%s %s %s -> %d %s (%s bytes in)", rid(), request.method, request.path,
-                error.status, type(error).__name__, request.content_length or 0)
+                error.status, type(error).__name__, request.content_length or 0,
+                extra={**request_fields(error.status), "error": type(error).__name__})
     log.debug("rid=%s %s", rid(), error.message)
     headers = {}
     if error.status == 405:
@@ -208,5 +218,5 @@ def http_error(exc: HTTPException):
 
 @app.errorhandler(Exception)
 def unexpected(exc: Exception):
-    log.exception("rid=%s %s %s failed", rid(), request.method, request.path)
+    log.exception("rid=%s %s %s failed", rid(), request.method, request.path, extra=request_fields(500))
     return inference_error(InternalError.from_exception(request.path, exc))

@@ -18,8 +18,9 @@ import time
 import pytest
 import tokenizers
 
+from contract import metrics
 from tests.mms.harness import MmsServer, make_model
-from tests.procs import DEMO_MODEL, http_request
+from tests.procs import DEMO_MODEL, REPO, http_request
 from tests.reliability.conftest import QUESTION
 from tests.scrape import Samples, scrape
 
@@ -222,3 +223,15 @@ def test_multi_model_loads_unloads_and_labels_only_loaded_models(multi):
     assert after.value("serve_models_loaded") == 0
     assert not [key for key in after if ("model", "m1") in key[1]], "an unloaded model's series stayed"
 
+
+def test_the_example_dashboard_asks_only_for_what_the_server_exposes():
+    """docs/grafana-dashboard.json: every series a panel queries is one /metrics serves."""
+    exposed = set()
+    for family in metrics.REGISTRY.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+        exposed |= {family.name + suffix for suffix in suffixes}
+    dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bserve_[a-z_]+", target["expr"])}
+    assert len(dashboard["panels"]) >= 6 and queried, dashboard["panels"]
+    assert queried <= exposed, queried - exposed

@@ -36,6 +36,9 @@ GENERATION_DEFAULTS = {"num_beams": 1, "do_sample": False, "temperature": 1.0, "
 # "never" on the whole demo set (and for every other beam-search parameter measured).
 PATIENCE = {True: 1, False: 2, "never": 2}
 INT32_MAX = 2**31 - 1  # CTranslate2's integer options (a larger n-gram size bans nothing either way)
+# CTranslate2 takes top_p as a float32 and refuses 0: a top_p that rounds to 0 there is raised to the
+# smallest normal float32, which keeps the most likely token only, as any such top_p does.
+FLOAT32_TINY = 2.0 ** -126
 
 
 def cpu_vendor() -> str:
@@ -213,8 +216,8 @@ class CTranslate2Engine:
                    "repetition_penalty": value("repetition_penalty"),
                    "no_repeat_ngram_size": min(value("no_repeat_ngram_size"), INT32_MAX)}
         if value("do_sample"):  # top_k 0 is every token, as in transformers
-            options.update(sampling_topk=min(value("top_k"), len(self.vocabulary)), sampling_topp=value("top_p"),
-                           sampling_temperature=value("temperature"))
+            options.update(sampling_topk=min(value("top_k"), len(self.vocabulary)),
+                           sampling_topp=max(value("top_p"), FLOAT32_TINY), sampling_temperature=value("temperature"))
         if value("num_beams") > 1:
             options.update(beam_size=value("num_beams"), num_hypotheses=params.num_return_sequences,
                            length_penalty=value("length_penalty"), patience=PATIENCE[value("early_stopping")])

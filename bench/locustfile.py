@@ -11,18 +11,30 @@ invoke_endpoint_with_response_stream; the time to the first token is reported as
 of its own), --max-new-tokens N, --questions FILE (jsonlines with "question" and "answer";
 default the demo model's), --check-answers (an answer other than the file's is a failure),
 --region, --markdown (the summary as a Markdown table). --csv PREFIX writes CSV files.
+
+With --host, the server's own figures come beside locust's: its /metrics is read every 2 s
+(prompts per engine call, queue depth, queue and engine time; bench/server_metrics.py) and
+summed up at the end. A SageMaker endpoint shows only its contract's paths: no /metrics.
 """
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
+import gevent
 from locust import User, events, task
 from locust.clients import HttpSession
 from locust.exception import LocustError
+from locust.runners import WorkerRunner
 
-DEMO_QUESTIONS = Path(__file__).resolve().parent.parent / "demo" / "data" / "biography_qa.jsonl"
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench import server_metrics  # noqa: E402
+
+DEMO_QUESTIONS = REPO / "demo" / "data" / "biography_qa.jsonl"
+SCRAPE_S = 2.0
 
 
 @events.init_command_line_parser.add_listener
@@ -36,8 +48,58 @@ def add_options(parser):
     parser.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table")
 
 
+class ServerWatch:
+    """The server's /metrics, read every SCRAPE_S while the test runs."""
+
+    def __init__(self, host: str):
+        self.host, self.depths = host, []
+        self.first = server_metrics.totals(host)
+        self.greenlet = gevent.spawn(self._watch)
+        self.figures: dict | None = None
+
+    def _watch(self) -> None:
+        while True:
+            gevent.sleep(SCRAPE_S)
+            now = server_metrics.totals(self.host)
+            if now:
+                self.depths.append(now.get("serve_queue_depth", 0.0))
+
+    def stop(self) -> None:
+        self.greenlet.kill()
+        last = server_metrics.totals(self.host)
+        if self.first and last:
+            self.figures = server_metrics.between(self.first, last, self.depths)
+
+
+@events.test_start.add_listener
+def watch_server(environment, **_):
+    options = environment.parsed_options
+    if environment.host and not options.endpoint_name and not isinstance(environment.runner, WorkerRunner):
+        environment.server_watch = ServerWatch(environment.host)
+
+
+@events.test_stop.add_listener
+def stop_watching(environment, **_):
+    watch = getattr(environment, "server_watch", None)
+    if watch is not None and watch.figures is None:
+        watch.stop()
+
+
+def fmt(value, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
 @events.quitting.add_listener
 def print_markdown(environment, **_):
+    watch = getattr(environment, "server_watch", None)
+    server = watch.figures if watch is not None else None
+    if server is not None:
+        line = (f"server /metrics: {server['requests']:.0f} requests for a model answered, "
+                f"{fmt(server['prompts_per_call'], '.2f')} "
+                f"prompts per engine call, queue depth max {fmt(server['queue_depth_max'], '.0f')} "
+                f"(mean {fmt(server['queue_depth_mean'])}), queue {fmt(server['queue_ms'])} ms, "
+                f"engine {fmt(server['engine_ms'])} ms per request")
+        print(line, file=sys.stderr)
     if not environment.parsed_options.markdown:
         return
     stats = environment.stats
@@ -48,6 +110,13 @@ def print_markdown(environment, **_):
         name = f"{entry.method} {entry.name}" if entry.method else entry.name
         print(f"| {name} | {entry.num_requests} | {entry.num_failures} | "
               f"{entry.total_rps:.1f} | {p50:.0f} | {p95:.0f} | {p99:.0f} |")
+    if server is not None:
+        print("\n| server (/metrics) | requests for a model | prompts per engine call | queue depth max | "
+              "queue depth mean | queue ms | engine ms |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print(f"| {environment.host} | {server['requests']:.0f} | {fmt(server['prompts_per_call'], '.2f')} | "
+              f"{fmt(server['queue_depth_max'], '.0f')} | {fmt(server['queue_depth_mean'])} | "
+              f"{fmt(server['queue_ms'])} | {fmt(server['engine_ms'])} |")
 
 
 class WrongAnswer(Exception):

@@ -7,8 +7,10 @@ keep-alive clients ask the demo questions for ``--minutes``; every answer is che
 against the one the stack gave before the run (greedy decoding: it must not change). Each
 minute: requests, errors (non-200, dropped connections, changed answers), p50/p99 latency,
 and resident memory of every process of the server (RSS sampled every 5 s, the minute's
-last sample; Java on its own for the MMS stack). Targets (issue 11): 0 errors, the last
-minute's p99 within 20 % of the first's, memory growth under 5 % from the first minute to
+last sample; Java on its own for the MMS stack); beside them the server's own figures from its
+/metrics (read every 5 s): requests it answered, prompts per engine call, queue depth (the
+minute's highest sample), queue and engine time per request. Targets (issue 11): 0 errors, the
+last minute's p99 within 20 % of the first's, memory growth under 5 % from the first minute to
 the last. Prints markdown tables; writes build/soak.json. Only 127.0.0.1 is contacted.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import server_metrics  # noqa: E402
 from tests.mms.harness import MMS_MAIN, MmsServer  # noqa: E402
 from tests.procs import DEMO_MODEL, Server, cmdline, descendants  # noqa: E402
 
@@ -76,6 +79,7 @@ class Soak:
         self.concurrency = concurrency
         self.records: list[tuple[float, float, bool]] = []  # (end offset s, latency s, ok)
         self.memory: list[tuple[float, int, int]] = []  # (offset s, total RSS, Java RSS)
+        self.scrapes: list[tuple[float, dict]] = []  # (offset s, /metrics totals)
         self.first_error = None
         self.lock = threading.Lock()
         self.started = 0.0
@@ -104,22 +108,40 @@ class Soak:
                 if error and self.first_error is None:
                     self.first_error = error
 
+    def scrape(self) -> None:
+        figures = server_metrics.totals(self.server.url)
+        if figures:
+            self.scrapes.append((time.monotonic() - self.started, figures))
+
     def sampler(self) -> None:
         root = self.server.proc.pid
         while (elapsed := time.monotonic() - self.started) < self.seconds:
             pids = [root, *descendants(root)]
             java = sum(rss_bytes(p) for p in pids if MMS_MAIN in cmdline(p))
             self.memory.append((elapsed, sum(rss_bytes(p) for p in pids), java))
+            self.scrape()
             time.sleep(SAMPLE_S)
 
     def run(self) -> None:
         self.started = time.monotonic()
+        self.scrape()
         threads = [threading.Thread(target=self.client, args=(i,)) for i in range(self.concurrency)]
         threads.append(threading.Thread(target=self.sampler))
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(self.seconds + 120)
+        time.sleep(0.5)  # the server counts a request once its last byte is out: a moment after the client has it
+        self.scrape()
+
+    def server_side(self, low: float, high: float) -> dict:
+        """The server's own figures between offsets ``low`` and ``high`` (its scrapes nearest them)."""
+        if not self.scrapes:
+            return server_metrics.between({}, {})
+        earlier = [f for t, f in self.scrapes if t <= low] or [self.scrapes[0][1]]
+        later = [f for t, f in self.scrapes if t <= high] or [self.scrapes[-1][1]]
+        depths = [f.get("serve_queue_depth", 0.0) for t, f in self.scrapes if low < t <= high]
+        return server_metrics.between(earlier[-1], later[-1], depths)
 
     def minutes(self) -> list[dict]:
         out = []
@@ -128,7 +150,9 @@ class Soak:
             records = [r for r in self.records if low <= r[0] < high]
             latencies = sorted(r[1] for r in records)
             samples = [m for m in self.memory if m[0] < high] or self.memory[:1]
+            last = minute == max(1, int(self.seconds // 60)) - 1
             out.append({
+                **{f"server_{k}": v for k, v in self.server_side(low, float("inf") if last else high).items()},
                 "minute": minute + 1, "requests": len(records), "errors": sum(not r[2] for r in records),
                 "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
                 "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
@@ -163,11 +187,16 @@ def report(stack: str, soak: Soak, rows: list[dict]) -> dict:
     print(f"\n### {stack} stack: {total} requests in {soak.seconds:.0f} s at concurrency {soak.concurrency}, "
           f"{errors} errors{f' (first: {soak.first_error})' if soak.first_error else ''}\n")
     java = stack == "mms"
-    print("| minute | requests | errors | p50 ms | p99 ms | RSS MB, all processes |" + (" Java RSS MB |" if java else ""))
-    print("| --- | --- | --- | --- | --- | --- |" + (" --- |" if java else ""))
+    print("| minute | requests | errors | p50 ms | p99 ms | RSS MB, all processes |"
+          + (" Java RSS MB |" if java else "")
+          + " server: requests | prompts per engine call | queue depth max | queue ms | engine ms |")
+    print("| --- | --- | --- | --- | --- | --- |" + (" --- |" if java else "") + " --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['minute']} | {r['requests']} | {r['errors']} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | "
-              f"{fmt(r['rss_mb'], '.0f')} |" + (f" {fmt(r['java_rss_mb'], '.0f')} |" if java else ""))
+              f"{fmt(r['rss_mb'], '.0f')} |" + (f" {fmt(r['java_rss_mb'], '.0f')} |" if java else "")
+              + f" {r['server_requests']:.0f} | {fmt(r['server_prompts_per_call'], '.2f')} | "
+              f"{fmt(r['server_queue_depth_max'], '.0f')} | {fmt(r['server_queue_ms'])} | "
+              f"{fmt(r['server_engine_ms'])} |")
     verdict = lambda met: "met" if met else "**not met**"  # noqa: E731
     print(f"\n| target | {stack} stack |\n| --- | --- |")
     print(f"| 0 errors | {verdict(errors == 0)}: {errors} |")
@@ -181,7 +210,7 @@ def report(stack: str, soak: Soak, rows: list[dict]) -> dict:
           + " |")
     return {"stack": stack, "requests": total, "errors": errors, "first_error": soak.first_error,
             "p99_change_percent": p99_change, "rss_change_percent": rss_change, "minutes": rows,
-            "memory_samples": soak.memory}
+            "memory_samples": soak.memory, "metrics_samples": soak.scrapes}
 
 
 def main() -> None:

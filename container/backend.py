@@ -21,14 +21,16 @@ from pathlib import Path
 from container import memory, protocol
 from container.dispatch import QueueSettings
 from container.mms_client import MmsClient, MmsUnavailable
-from container.model_registry import ModelRegistry
+from container.model_registry import ModelRecord, ModelRegistry
+from contract import metrics
+from contract.routes import DEFAULT_MODEL
 from contract.settings import Settings
-from handlers.errors import GatewayTimeout, NotFound, ServiceUnavailable
+from handlers.errors import GatewayTimeout, InferenceError, NotFound, ServiceUnavailable
 from handlers.pipeline import Response
 from handlers.pipeline import Request
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL_NAME = "model"
+DEFAULT_MODEL_NAME = DEFAULT_MODEL
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length", "expect"}
 ANSWER_GRACE_S = 0.5  # past its deadline a caller waits this much longer for the lane's verdict
@@ -69,15 +71,21 @@ class MmsBackend:
                                       java_pgid=self.mms["pgid"], load_timeout_s=s.load_timeout_s, policy=policy,
                                       queues=queues, max_new_tokens=s.handler.max_new_tokens)
         adopted = self.registry.adopt()
+        for name in adopted:
+            self._served(self.registry.get(name), loaded_now=False)
         if not s.multi_model and DEFAULT_MODEL_NAME not in adopted:
             self.state = "the default model is loading"
             try:
-                self.registry.load(DEFAULT_MODEL_NAME, s.model_dir, check_memory=False)
+                self._served(self.registry.load(DEFAULT_MODEL_NAME, s.model_dir, check_memory=False))
             except Exception as exc:  # noqa: BLE001 - a broken single model is a stopped server
                 log.critical("default model %s failed to load: %s; stopping", s.model_dir,
                              getattr(exc, "message", exc))
                 logging.shutdown()
                 os._exit(4)  # gunicorn halts the whole server when a worker exits with 4
+        default = self.registry.get(DEFAULT_MODEL_NAME)
+        metrics.set_info(s.stack, default.engine if default is not None and not s.multi_model else {
+            "backend": s.handler.backend, "compute_type": s.handler.compute_type or "auto",
+            "device": s.handler.device or "auto"})
         self.state = None
         log.info("MMS backend ready (%s)", "multi-model" if s.multi_model else f"model {s.model_dir}")
         self.ready.set()
@@ -115,12 +123,28 @@ class MmsBackend:
             call.future.cancel()
             raise GatewayTimeout(f"model {name!r} did not answer within {self.settings.timeout_s} s") from None
 
+    @staticmethod
+    def _served(record: ModelRecord, loaded_now: bool = True) -> None:
+        """/metrics: the model's series may appear; a load is counted."""
+        metrics.model_loaded(record.name, load_seconds=record.load_seconds if loaded_now else None,
+                             pss_bytes=record.pss_bytes, rss_bytes=record.rss_bytes)
+
     def load(self, name, url) -> dict:
-        record = self._registry().load(name, url)
+        try:
+            record = self._registry().load(name, url)
+        except Exception as exc:
+            metrics.load_failed(exc.status if isinstance(exc, InferenceError) else 500)
+            raise
+        self._served(record)
         return {"status": f"model {record.name!r} loaded", **record.describe()}
 
     def unload(self, name: str) -> dict:
-        record = self._registry().unload(name)
+        try:
+            record = self._registry().unload(name)
+        except Exception as exc:
+            metrics.unload_failed(exc.status if isinstance(exc, InferenceError) else 500)
+            raise
+        metrics.model_unloaded(record.name)
         return {"status": f"model {record.name!r} unloaded"}
 
     def describe(self, name: str) -> dict:

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 from container import protocol
 from container.mms_client import MmsClient, MmsResponse, MmsUnavailable
+from contract import metrics
 from handlers.errors import GatewayTimeout, InferenceError, InternalError, NotFound, ServiceUnavailable
+from handlers.figures import Figures
 from handlers.pipeline import Response
 from handlers.scheduler import Job, Scheduler
 
@@ -75,6 +77,7 @@ class ModelQueue:
         self.scheduler = Scheduler(self._send_batch, lanes=settings.lanes,
                                    max_size=settings.max_batch if batchable else 1,
                                    max_wait_s=settings.max_wait_s, name=f"model {name!r}")
+        self.scheduler.on_depth = lambda depth: metrics.queue_depth(name, depth)  # requests waiting here
         self.scheduler.start()
 
     def submit(self, headers: dict[str, str], body: bytes, deadline: float) -> Call:
@@ -136,7 +139,8 @@ class ModelQueue:
             if meta.get("alone"):  # did not fit in the batch's answer: on its own it does
                 self._send([call])
             else:
-                call.resolve(Response(meta["status"], meta["content_type"], body))
+                call.resolve(Response(meta["status"], meta["content_type"], body,
+                                      figures=Figures.from_json(meta.get("figures"))))
 
     def _error(self, resp: MmsResponse, elapsed: float) -> InferenceError:
         """What a caller is told when the whole batch failed."""

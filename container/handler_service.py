@@ -82,7 +82,8 @@ class HandlerService:
                 protocol.write_report(state_dir, context.model_name, protocol.LoadReport(
                     os.getpid(), self.failure is None, code, json.loads(body)["error"],
                     time.monotonic() - started, type(self.service).__name__,
-                    getattr(self.service, "batchable", True)))
+                    getattr(self.service, "batchable", True),
+                    self.service.engine_info() if self.service is not None else {}))
         finally:
             self.loaded.set()
 
@@ -133,19 +134,24 @@ class HandlerService:
                                         deadline=time.monotonic() + self.settings.timeout_s)
         finally:
             context.request_processor = mms_processors
-        return 200, protocol.ENVELOPE_TYPE, self._pack([(r.status, r.content_type, r.body) for r in responses])
+        return 200, protocol.ENVELOPE_TYPE, self._pack(responses)
 
-    def _pack(self, answers: list[tuple[int, str, bytes]]) -> bytes:
+    def _pack(self, answers: list[pipeline.Response]) -> bytes:
         """One envelope, within MMS's response cap: an answer that would push it over is
-        left out (``"alone": true``) and the front sends that request again on its own."""
+        left out (``"alone": true``) and the front sends that request again on its own. Each
+        answer carries its figures (queue and engine time, tokens, engine calls) for the
+        front's Server-Timing and /metrics."""
         room = protocol.envelope_cap(self.settings.max_payload_bytes) - 4096 * (len(answers) + 1)
         items = []
-        for status, content_type, body in answers:
-            if len(body) > room:
+        for answer in answers:
+            if len(answer.body) > room:
                 items.append(({"alone": True}, b""))
                 continue
-            room -= len(body)
-            items.append(({"status": status, "content_type": content_type}, body))
+            room -= len(answer.body)
+            meta = {"status": answer.status, "content_type": answer.content_type}
+            if answer.figures is not None:
+                meta["figures"] = answer.figures.to_json()
+            items.append((meta, answer.body))
         return protocol.pack(items)
 
 

@@ -85,9 +85,11 @@ class MmsProcess:
         env["MALLOC_ARENA_MAX"] = "2"  # Java's own malloc arenas: one per thread otherwise
         return env
 
-    def start(self, model_store: Path, exclude_port: int, stopping: Callable[[], bool]) -> MmsClient | None:
+    def start(self, model_store: Path, exclude_port: int, stopping: Callable[[], bool],
+              output: Callable[[], dict] | None = None) -> MmsClient | None:
         """Start Java and wait until MMS answers; None when a stop was requested meanwhile.
-        Raises RuntimeError when MMS does not come up."""
+        Raises RuntimeError when MMS does not come up. ``output()``: Popen's stdout and stderr
+        for Java (the supervisor's log relay; the file descriptors are closed here once passed)."""
         for attempt in range(3):  # a port probed free can be taken before Java binds it
             port = pick_internal_port(self.settings.safe_port_range, {exclude_port})
             config = MmsConfig(port=port, model_store=str(model_store), workers=self.settings.workers,
@@ -97,8 +99,13 @@ class MmsProcess:
             cmd = java_command(config_file, self.private / "tmp", self.settings.max_payload_bytes,
                                python=str(WORKER_PYTHON))
             log.info("starting MMS on 127.0.0.1:%d (private dir %s)", port, self.private)
-            self.java = subprocess.Popen(cmd, env=self._env(), cwd=self.private,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            pipes = output() if output else {}
+            try:
+                self.java = subprocess.Popen(cmd, env=self._env(), cwd=self.private, stdin=subprocess.DEVNULL,
+                                             start_new_session=True, **pipes)
+            finally:
+                for fd in pipes.values():
+                    os.close(fd)
             client, self.port = MmsClient(port), port
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while time.monotonic() < deadline and not stopping() and self.java.poll() is None:

@@ -79,6 +79,7 @@ class ModelRecord:
     rss_bytes: int = 0
     worker_pids: list[int] = field(default_factory=list)
     batchable: bool = True  # False: its script owns predict; requests go one at a time
+    engine: dict = field(default_factory=dict)  # what its workers run it on (their load reports)
 
     def describe(self) -> dict:
         return {"modelName": self.name, "modelUrl": self.url, "workers": self.workers,
@@ -152,7 +153,7 @@ class ModelRegistry:
                     f"loading within {seconds:.0f} s (a worker process died or hung; see the server log)")
             raise InternalError(f"model {name!r} failed to load: MMS answered {resp.status} ({resp.message()})")
         record = ModelRecord(name, url, path, internal, self.workers, time.monotonic() - started,
-                             batchable=all(r.batchable for r in reports))
+                             batchable=all(r.batchable for r in reports), engine=reports[0].engine or {})
         record.worker_pids = process_table.model_workers(self.java_pgid, internal)
         usage = [m for m in map(memory.process_memory, record.worker_pids) if m is not None]
         record.pss_bytes, record.rss_bytes = sum(m.pss for m in usage), sum(m.rss for m in usage)
@@ -170,7 +171,8 @@ class ModelRegistry:
                                   default_tokens=default_max_new_tokens(record.path, self.max_new_tokens))
         folder = self.state_dir / "models"
         folder.mkdir(exist_ok=True)
-        fields = ("name", "url", "mms_name", "workers", "load_seconds", "pss_bytes", "rss_bytes", "batchable")
+        fields = ("name", "url", "mms_name", "workers", "load_seconds", "pss_bytes", "rss_bytes", "batchable",
+                  "engine")
         (folder / f"{record.mms_name}.json").write_text(json.dumps(
             {**{f: getattr(record, f) for f in fields}, "path": str(record.path)}))
 

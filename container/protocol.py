@@ -78,6 +78,7 @@ class LoadReport:
     load_seconds: float
     kind: str  # which service loaded: FlanT5Service, ScriptService, ...
     batchable: bool = True  # False: a user script owns predict; requests go one by one
+    engine: dict | None = None  # what runs the model: backend, compute_type, device (serve_info)
 
 
 def reports_dir(state_dir: str | os.PathLike, mms_name: str) -> Path:

@@ -1,19 +1,53 @@
-"""One log line per event: time, level, process, logger, message."""
+"""One log line per event. ``LOG_FORMAT=text`` (the default): time, level, process, logger,
+message. ``LOG_FORMAT=json``: one JSON object per line with ``time``, ``level``, ``logger``,
+``process``, ``message``, the fields a caller passed as ``extra`` (request lines: ``rid``,
+``model``, ``status``, sizes, durations) and a traceback as ``exception``. The Python
+processes format their own lines; the supervisor wraps what nginx and Java write
+(``serve.log_relay``)."""
 
+import json
 import logging
+import sys
+from datetime import datetime
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+# What every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
-def configure(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format=FORMAT, force=True)
+def iso_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="milliseconds")
 
 
-def gunicorn_logconfig(level: str = "INFO") -> dict:
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": iso_time(record.created), "level": record.levelname, "logger": record.name,
+               "process": record.process, "message": record.getMessage()}
+        out.update((k, v) for k, v in vars(record).items() if k not in _STANDARD and k not in out)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def formatter(log_format: str = "text") -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT)
+
+
+def configure(level: str = "INFO", log_format: str = "text", stream=None) -> None:
+    """This process's logging: every logger through one handler on ``stream`` (stderr)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def gunicorn_logconfig(level: str = "INFO", log_format: str = "text") -> dict:
+    kind = {"()": JsonFormatter} if log_format == "json" else {"format": FORMAT}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"oneline": {"format": FORMAT}},
+        "formatters": {"oneline": kind},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "oneline",
                                 "stream": "ext://sys.stderr"}},
         "root": {"level": level, "handlers": ["stderr"]},

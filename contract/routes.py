@@ -11,6 +11,8 @@ from handlers.errors import MethodNotAllowed, NotFound
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"  # echoed back only when sent
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"  # multi-model: which model /invocations runs
 PING_OK = b'{"status": "healthy"}'
+DEFAULT_MODEL = "model"  # a single-model endpoint's model: its name on the MMS stack and in /metrics
+SERVE_MODEL = "X-Serve-Model"  # the app tells nginx's access log which loaded model answered; never sent on
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ ROUTES = (
     Route("/ping", "ping", ("GET",)),
     Route("/execution-parameters", "execution_parameters", ("GET",)),
     Route("/invocations", "invocations", ("POST",)),
+    Route("/metrics", "metrics", ("GET",)),  # Prometheus (not SageMaker's: docker run, ECS, Kubernetes)
     Route("/models", "models", ("GET", "POST"), multi_model=True),
     Route("/models/<path:name>/invoke", "invoke", ("POST",), multi_model=True),
     Route("/models/<path:name>", "model", ("GET", "DELETE"), multi_model=True),
@@ -51,8 +54,8 @@ def not_found(path: str, multi_model: bool) -> NotFound:
 
 
 def served_paths(multi_model: bool) -> str:
-    return "/ping, /execution-parameters, /invocations and /models" if multi_model else \
-        "/ping, /execution-parameters and /invocations"
+    return "/ping, /execution-parameters, /invocations, /metrics and /models" if multi_model else \
+        "/ping, /execution-parameters, /invocations and /metrics"
 
 
 def not_allowed(method: str, path: str, route: Route) -> MethodNotAllowed:

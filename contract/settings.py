@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from handlers.config import ConfigError, HandlerConfig, env_float, env_int
+from handlers.config import ConfigError, HandlerConfig, choice, env_float, env_int
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = REPO_ROOT / "demo" / "model"
 TRUE = ("1", "true", "yes", "on")
 STOP_WINDOW_S = 30  # SageMaker sends SIGKILL this long after SIGTERM
 KEEPALIVE_S = 75  # idle keep-alive connections (nginx's default)
+LOG_FORMATS = ("text", "json")
 
 
 def _env_int_alias(env: Mapping[str, str], names: tuple[str, ...], default: int) -> int:
@@ -72,6 +73,13 @@ def first_unreadable(path: str) -> str | None:
     return None
 
 
+def log_options(env: Mapping[str, str]) -> tuple[str, str]:
+    """(LOG_LEVEL, LOG_FORMAT) for the logs of a start-up that may yet fail on other settings:
+    an invalid format is text here (``Settings.from_env`` then says what is wrong with it)."""
+    log_format = env.get("LOG_FORMAT", "").strip().lower()
+    return (env.get("LOG_LEVEL", "").strip() or "INFO").upper(), log_format if log_format in LOG_FORMATS else "text"
+
+
 @dataclass(frozen=True)
 class Settings:
     port: int = 8080  # SAGEMAKER_BIND_TO_PORT
@@ -86,6 +94,7 @@ class Settings:
     timeout_s: int = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT, MODEL_SERVER_TIMEOUT (seconds)
     max_payload_bytes: int = 6 * 1024 * 1024  # SAGEMAKER_MAX_PAYLOAD_IN_MB
     log_level: str = "INFO"  # LOG_LEVEL
+    log_format: str = "text"  # LOG_FORMAT: text, or json (every line one JSON object)
     # Multi-model stack only:
     model_root: str = "/opt/ml/models"  # SERVE_MODEL_ROOT: POST /models urls must lie below it
     memory_budget_mb: int | None = None  # SERVE_MODEL_MEMORY_BUDGET_MB: cap on loaded models
@@ -128,7 +137,8 @@ class Settings:
             http_threads=env_int(env, "SERVE_HTTP_THREADS", 64),
             timeout_s=timeout,
             max_payload_bytes=payload_bytes,
-            log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
+            log_level=log_options(env)[0],
+            log_format=choice(env, "LOG_FORMAT", LOG_FORMATS),
             model_root=env.get("SERVE_MODEL_ROOT", "").strip() or "/opt/ml/models",
             memory_budget_mb=env_int(env, "SERVE_MODEL_MEMORY_BUDGET_MB", 0) or None,
             memory_reserve_mb=env_int(env, "SERVE_MODEL_MEMORY_RESERVE_MB", 256, minimum=0),

@@ -11,11 +11,12 @@ Conventions (those of Hugging Face's and SageMaker's toolkits):
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from handlers import content_types, strict_json
 from handlers.errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from handlers.figures import Figures
 from handlers.generation import GenerationParams, parse_parameters
 
 QA_TEMPLATE = "Read this and answer the question\n\n{context}\n\n{question}"
@@ -50,6 +51,7 @@ class Generation:
 
     texts: tuple[str, ...]
     truncated: bool = False
+    figures: Figures | None = field(default=None, compare=False)  # what it cost the engine
 
 
 def decode_text(body: bytes, charset: str | None) -> str:

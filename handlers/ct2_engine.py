@@ -36,6 +36,9 @@ GENERATION_DEFAULTS = {"num_beams": 1, "do_sample": False, "temperature": 1.0, "
 # "never" on the whole demo set (and for every other beam-search parameter measured).
 PATIENCE = {True: 1, False: 2, "never": 2}
 INT32_MAX = 2**31 - 1  # CTranslate2's integer options (a larger n-gram size bans nothing either way)
+# CTranslate2 takes top_p as a float32 and refuses 0: a top_p that rounds to 0 there is raised to the
+# smallest normal float32, which keeps the most likely token only, as any such top_p does.
+FLOAT32_TINY = 2.0 ** -126
 
 
 def cpu_vendor() -> str:
@@ -63,6 +66,7 @@ class CTranslate2Engine:
         ``place`` builds in the process that runs it (it starts threads, and CUDA)."""
         self.model_dir, self.config = model_dir, config
         self.translator = None
+        self.placed_type: str | None = None  # the compute type place() built the Translator with
         self.lone = None  # a copy on all the threads for a prompt alone, where that is faster here
         self.running, self.running_lock = 0, threading.Lock()  # translate_batch calls under way
         self.budget: gpu_memory.MemoryBudget | None = None  # CPU: none
@@ -93,6 +97,10 @@ class CTranslate2Engine:
         if convert.shipped_model(path) is None:
             check_model_dir(path)  # an HF checkpoint, converted on first use
         return cls(path, config)
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name, "compute_type": self.placed_type or self.compute_type,
+                "device": self.kind if self.kind == "cpu" else f"{self.kind}:{self.index}"}
 
     def place(self) -> None:
         """Build the Translator (its threads, and CUDA) in the process that runs it."""
@@ -125,6 +133,7 @@ class CTranslate2Engine:
                 self._pick_lone_layout(build(1, self.threads))
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"CTranslate2 cannot load {self.path}: {exc}") from exc
+        self.placed_type = compute_type
         log.info("loaded %s with CTranslate2 (%s on %s, %d lane(s) of %d thread(s)%s)", self.path, compute_type,
                  kind, self.lanes, 1 if kind == "cpu" else self.threads,
                  f"; a prompt alone on {self.threads} threads" if self.lone else "")
@@ -207,8 +216,8 @@ class CTranslate2Engine:
                    "repetition_penalty": value("repetition_penalty"),
                    "no_repeat_ngram_size": min(value("no_repeat_ngram_size"), INT32_MAX)}
         if value("do_sample"):  # top_k 0 is every token, as in transformers
-            options.update(sampling_topk=min(value("top_k"), len(self.vocabulary)), sampling_topp=value("top_p"),
-                           sampling_temperature=value("temperature"))
+            options.update(sampling_topk=min(value("top_k"), len(self.vocabulary)),
+                           sampling_topp=max(value("top_p"), FLOAT32_TINY), sampling_temperature=value("temperature"))
         if value("num_beams") > 1:
             options.update(beam_size=value("num_beams"), num_hypotheses=params.num_return_sequences,
                            length_penalty=value("length_penalty"), patience=PATIENCE[value("early_stopping")])

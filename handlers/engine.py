@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,14 @@ class GenerationJob(Job):
     params: GenerationParams = field(default_factory=GenerationParams)
     max_new_tokens: int = 0  # its own bound (the request's, else the model's default)
     on_token: Callable[[int], bool] | None = None  # streaming: each id as generated; True stops
+    # Its figures (handlers.figures): when its engine call started and its sequences ended
+    # (time.monotonic()), and the call's size when this job is the one that reports the call.
+    started: float = 0.0
+    finished: float = 0.0
+    reports_call: int = 0
 
     def finish(self, sequences: list[list[int]]) -> None:
+        self.finished = time.monotonic()
         self.resolve(sequences)
 
 
@@ -50,6 +57,9 @@ class Engine(Protocol):
 
     def place(self) -> None:
         """Ready to run, in the process and on the thread that will run it."""
+
+    def describe(self) -> dict[str, str]:
+        """``backend``, ``compute_type`` and ``device`` (as placed, once placed): serve_info's labels."""
 
     def close(self) -> None:
         """Free what must not outlive the interpreter (the scheduler calls it at exit)."""

@@ -21,6 +21,7 @@ from handlers.codecs import Generation
 from handlers.config import HandlerConfig
 from handlers.engine import Engine, GenerationJob, load_engine
 from handlers.errors import BadRequest, GatewayTimeout, InferenceError, InternalError
+from handlers.figures import Figures
 from handlers.generation import GenerationParams, cut_at_stop
 from handlers.scheduler import Scheduler
 
@@ -60,6 +61,9 @@ class FlanT5Model:
         [result] = self.generate([("warm up", GenerationParams(max_new_tokens=2))])
         if isinstance(result, Exception):
             raise result
+
+    def engine_info(self) -> dict[str, str]:
+        return self.engine.describe()
 
     @property
     def max_input_tokens(self) -> int:
@@ -133,7 +137,8 @@ class FlanT5Model:
         except Exception as exc:  # noqa: BLE001 - a model failure is this request's 500, not the server's
             return InternalError.from_exception("generate", exc)
         texts = self.engine.detokenize(sequences)
-        return Generation(tuple(cut_at_stop(t, params.stop) for t in texts), truncated)
+        return Generation(tuple(cut_at_stop(t, params.stop) for t in texts), truncated,
+                          job_figures(job, sum(map(len, sequences))))
 
     def _run(self, jobs: list[GenerationJob]) -> None:
         """A batch on the engine, in calls that fit the device's memory budget (GPU); a call that
@@ -150,8 +155,15 @@ class FlanT5Model:
                     job.fail(error)
 
     def _run_unanswered(self, jobs: list[GenerationJob]) -> list[None]:
+        """One engine call for the jobs whose callers still wait; its first job reports it."""
         log.debug("batch of %d prompt(s)", len(jobs))
-        self.engine.run([job for job in jobs if not job.future.done()])
+        live = [job for job in jobs if not job.future.done()]
+        started = time.monotonic()
+        for job in live:
+            job.started, job.reports_call = started, 0
+        if live:
+            live[0].reports_call = len(live)
+            self.engine.run(live)
         return [None] * len(jobs)
 
     @staticmethod
@@ -168,6 +180,13 @@ class FlanT5Model:
         return stream
 
 
+def job_figures(job: GenerationJob, generated: int) -> Figures | None:
+    if not job.started:
+        return None
+    return Figures(job.started, job.finished or time.monotonic(), len(job.ids), generated,
+                   (job.reports_call,) if job.reports_call else ())
+
+
 class TextStream:
     """Text pieces of one generation, as its tokens arrive from the engine; iterating yields
     them, cut at the first stop sequence. Leaving the iteration (done, a stop sequence, or the
@@ -178,14 +197,20 @@ class TextStream:
         self.tokens: queue.SimpleQueue = queue.SimpleQueue()  # token ids, then None at the end
         self.cancelled = threading.Event()
         self.job: GenerationJob | None = None
+        self.generated = 0  # tokens the engine sent this stream
 
     def attach(self, job: GenerationJob) -> None:
         self.job = job
         job.future.add_done_callback(lambda _: self.tokens.put(None))
 
     def put(self, token: int) -> bool:
+        self.generated += 1
         self.tokens.put(token)
         return self.cancelled.is_set()
+
+    def figures(self) -> Figures | None:
+        """What this stream cost the engine, once it has ended; None if it never ran."""
+        return None if self.job is None else job_figures(self.job, self.generated)
 
     def cancel(self) -> None:
         self.cancelled.set()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from handlers import content_types
 from handlers.errors import BadRequest, InferenceError, InternalError, NotAcceptable
+from handlers.figures import Figures
 from handlers.service import Service
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Response:
     content_type: str
     body: bytes | Iterator[bytes]  # an iterator: a streamed answer
     headers: dict[str, str] = field(default_factory=dict)
+    figures: Figures | None = None  # what it cost the engine (a stream's: once it has ended)
 
     @classmethod
     def error(cls, exc: InferenceError) -> "Response":
@@ -87,13 +89,14 @@ def encode(service: Service, result, payload, max_answer_bytes: int | None) -> R
     if isinstance(result, BaseException):
         return failed(result)
     try:
+        figures = service.figures(result)
         body, content_type = service.encode(result, payload)
     except Exception as exc:  # noqa: BLE001
         return failed(exc)
     if max_answer_bytes is not None and len(body) > max_answer_bytes:
         return failed(InternalError(f"the answer is {len(body)} bytes, over the {max_answer_bytes}-byte "
                                     "response cap"))
-    return Response(200, content_type, body)
+    return Response(200, content_type, body, figures=figures)
 
 
 def stream(service: Service, payload, request: Request, deadline: float | None,
@@ -127,5 +130,8 @@ def stream(service: Service, payload, request: Request, deadline: float | None,
             yield frame({"error": exc.message, "code": exc.status})
         finally:
             pieces.cancel()
+            response.figures = pieces.figures() if hasattr(pieces, "figures") else None
 
-    return Response(200, media_type, frames(), dict(STREAM_HEADERS))
+    response = Response(200, media_type, b"", dict(STREAM_HEADERS))
+    response.body = frames()
+    return response

@@ -18,7 +18,8 @@ each on the multi-model stack; one thread for torch). A lane that becomes free t
   finds a lane instead of waiting for a long batch to end (no engine here can add a sequence
   to a running batch; docs/DESIGN.md has the measurements behind this).
 ``run(batch)`` resolves each job's future (early ones first, if the engine can); a job it
-leaves unresolved, or a batch it raises on, fails with the error.
+leaves unresolved, or a batch it raises on, fails with the error. ``on_depth``, when a server
+sets it, is told the number of queued jobs whenever it changes (its queue-depth gauge).
 """
 
 import atexit
@@ -77,6 +78,7 @@ class Scheduler:
         self.ready = threading.Event()
         self.last_short = float("-inf")
         self.threads: list[threading.Thread] = []
+        self.on_depth: Callable[[int], None] | None = None  # called under the lock: keep it short
 
     def start(self, prepare: Callable[[], None] | None = None, at_exit: Callable[[], None] | None = None) -> None:
         """Start the lanes; lane 0 runs ``prepare()`` (place and warm up the model) first,
@@ -110,13 +112,19 @@ class Scheduler:
             self.queue.append(job)
             if not job.long:
                 self.last_short = time.monotonic()
+            self._depth()
             self.cond.notify_all()
         return job.future
+
+    def _depth(self) -> None:
+        if self.on_depth is not None:
+            self.on_depth(len(self.queue))
 
     def close(self) -> list[Job]:
         """Stop taking work; the lanes finish their batches. Returns the jobs never started."""
         with self.cond:
             self.state, left, self.queue = "closed", self.queue, []
+            self._depth()
             self.cond.notify_all()
         return left
 
@@ -180,12 +188,16 @@ class Scheduler:
                 batch = [j for j in batch if j in self.queue] or self._pick()
             taken = set(map(id, batch))
             self.queue = [j for j in self.queue if id(j) not in taken]
+            self._depth()
             lane.busy, lane.long, lane.members = True, any(j.long for j in batch), len(batch)
             return batch
 
     def _pick(self) -> list[Job]:
         """What a free lane would take now, without taking it (called under the lock)."""
-        self.queue = [j for j in self.queue if not j.future.cancelled()]
+        live = [j for j in self.queue if not j.future.cancelled()]
+        if len(live) != len(self.queue):
+            self.queue = live
+            self._depth()
         if not self.queue:
             return []
         long_lanes = sum(lane.long for lane in self.lanes)

@@ -21,6 +21,7 @@ from handlers.codecs import Generation, Payload
 from handlers.config import HandlerConfig
 from handlers.engine import use_threads
 from handlers.errors import BadRequest, GatewayTimeout, InferenceError, InternalError, ModelLoadError
+from handlers.figures import Figures
 from handlers.flan_t5 import FlanT5Model, timeout_text
 from handlers.scheduler import Job, Scheduler
 from handlers.user_script import Context, UserScript, find_script
@@ -39,6 +40,19 @@ class Service(ABC):
     def healthy(self) -> bool:
         """Whether the threads that run the model are alive."""
         return True
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """The scheduler whose queue this service's requests wait in (a server watches its depth)."""
+        return None
+
+    def engine_info(self) -> dict[str, str]:
+        """What runs the model: ``backend``, ``compute_type``, ``device`` (``serve_info``)."""
+        return {"backend": "user script", "compute_type": "", "device": ""}
+
+    def figures(self, result: Any) -> Figures | None:
+        """What ``predict``'s result for one payload cost the engine, where it can tell."""
+        return None
 
     @abstractmethod
     def decode(self, body: bytes, content_type: str | None, accept: str | None) -> Any:
@@ -75,6 +89,16 @@ class FlanT5Service(Service):
     @property
     def healthy(self) -> bool:
         return self.model.scheduler.healthy
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.model.scheduler
+
+    def engine_info(self) -> dict[str, str]:
+        return self.model.engine_info()
+
+    def figures(self, result: Any) -> Figures | None:
+        return Figures.combine(g.figures for g in result) if isinstance(result, list) else None
 
     def negotiate(self, content_type: str | None, accept: str | None) -> str:
         request_type = content_types.parse(content_type)[0] or content_types.JSON
@@ -177,6 +201,16 @@ class ScriptService(Service):
     @property
     def healthy(self) -> bool:
         return self.hooks.healthy and (self.default is None or not self.batchable or self.default.healthy)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.default.scheduler if self.batchable else self.hooks
+
+    def engine_info(self) -> dict[str, str]:
+        return self.default.engine_info() if self.default is not None else super().engine_info()
+
+    def figures(self, result: Any) -> Figures | None:
+        return self.default.figures(result) if self.batchable else None
 
     def decode(self, body: bytes, content_type: str | None, accept: str | None) -> ScriptPayload:
         media_type = content_types.parse(content_type)[0] or content_types.JSON

@@ -83,6 +83,10 @@ class TransformersEngine:
         self._placed = False
         self.budget: gpu_memory.MemoryBudget | None = None  # CPU: none
 
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name, "compute_type": str(self.model.dtype).removeprefix("torch."),
+                "device": str(self.device)}
+
     @classmethod
     def load(cls, path: Path, config: HandlerConfig) -> "TransformersEngine":
         transformers.utils.logging.set_verbosity_error()

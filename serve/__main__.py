@@ -12,7 +12,7 @@ import shutil
 import sys
 
 from contract import logs
-from contract.settings import Settings, first_unreadable
+from contract.settings import Settings, first_unreadable, log_options
 from handlers import cuda
 from handlers.config import ConfigError
 from serve.supervisor import Supervisor
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", help="model directory or model.tar.gz (default: SM_MODEL_DIR "
                         "or /opt/ml/model; the embedded demo model when that is empty)")
     args = parser.parse_args(argv)
-    logs.configure(os.environ.get("LOG_LEVEL", "INFO").upper())
+    logs.configure(*log_options(os.environ))
     try:
         settings = Settings.from_env(os.environ, args.model_dir)
     except ConfigError as exc:

@@ -13,10 +13,10 @@ import logging
 import time
 from typing import Protocol
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from contract import routes
+from contract import metrics as prom, routes
 from contract.settings import Settings
 from handlers.errors import BadRequest, InferenceError, InternalError, PayloadTooLarge, ServiceUnavailable
 from handlers.pipeline import Request, Response as Answer
@@ -66,6 +66,11 @@ def ping():
 
 def execution_parameters():
     return json_response(routes.execution_parameters(settings))
+
+
+def metrics():
+    body, content_type = prom.exposition()
+    return Response(body, content_type=content_type)
 
 
 def invocations():
@@ -135,20 +140,29 @@ def read_body() -> bytes:
 
 
 def run(name: str | None) -> Response:
-    """A request for a model, through the backend; the caller's custom attributes come back."""
-    started = time.monotonic()
+    """A request for a model, through the backend; the caller's custom attributes come back, and
+    a whole answer carries its queue and engine time (``Server-Timing``)."""
+    g.model = name or routes.DEFAULT_MODEL
     body = read_body()
     headers = request.headers
-    answer = backend.invoke(name, Request(body, headers.get("Content-Type"), headers.get("Accept"),
-                                          tuple(headers.items())), started + settings.timeout_s)
+    g.answer = answer = backend.invoke(name, Request(body, headers.get("Content-Type"), headers.get("Accept"),
+                                                     tuple(headers.items())), g.arrived + settings.timeout_s)
     response = Response(answer.body, status=answer.status, content_type=answer.content_type,
                         headers=answer.headers)
     if routes.CUSTOM_ATTRIBUTES in headers:
         response.headers[routes.CUSTOM_ATTRIBUTES] = headers[routes.CUSTOM_ATTRIBUTES]
+    if answer.figures is not None:  # a stream's are known only at its end
+        response.headers["Server-Timing"] = answer.figures.server_timing(g.arrived)
     if answer.status >= 400:
         log.warning("rid=%s %s %s -> %d (%s bytes in)", rid(), request.method, request.path, answer.status,
-                    request.content_length or 0)
+                    request.content_length or 0, extra=request_fields(answer.status))
     return response
+
+
+def request_fields(status: int) -> dict:
+    """A request line's fields (LOG_FORMAT=json): never its body."""
+    return {"rid": rid(), "method": request.method, "path": request.path[:200], "status": status,
+            "model": prom.label(g.get("model")), "bytes_in": request.content_length or 0}
 
 
 @app.before_request
@@ -156,18 +170,33 @@ def contract_routes_only():
     """The contract's table decides: a path it does not list (or a multi-model path on a
     single-model endpoint) is 404 whatever the method, and a method its route does not list
     is 405 (``/models/x/invoke`` is the invoke route, never model ``x/invoke``)."""
-    route = routes.route_of(request.path, settings.multi_model)
+    g.arrived = time.monotonic()
+    g.route = route = routes.route_of(request.path, settings.multi_model)
     if route is None:
         raise routes.not_found(request.path, settings.multi_model)
     if request.method not in route.allowed.split(", "):
         raise routes.not_allowed(request.method, request.path, route)
 
 
+@app.after_request
+def measured(response: Response) -> Response:
+    """Every answer is counted in /metrics once its last byte is sent (a stream's too); the
+    loaded model that answered is named to nginx's access log."""
+    arrived, route, status = g.get("arrived") or time.monotonic(), g.get("route"), response.status_code
+    model, answer = g.get("model"), g.get("answer")
+    if model:
+        response.headers[routes.SERVE_MODEL] = prom.label(model)
+    response.call_on_close(lambda: prom.observe_request(route.endpoint if route else "none", model, status,
+                                                        arrived, answer.figures if answer else None))
+    return response
+
+
 @app.errorhandler(InferenceError)
 def inference_error(error: InferenceError):
     # The message may quote the body (a parameter's value): only at DEBUG, never at INFO.
     log.warning("rid=%s %s %s -> %d %s (%s bytes in)", rid(), request.method, request.path,
-                error.status, type(error).__name__, request.content_length or 0)
+                error.status, type(error).__name__, request.content_length or 0,
+                extra={**request_fields(error.status), "error": type(error).__name__})
     log.debug("rid=%s %s", rid(), error.message)
     headers = {}
     if error.status == 405:
@@ -189,5 +218,5 @@ def http_error(exc: HTTPException):
 
 @app.errorhandler(Exception)
 def unexpected(exc: Exception):
-    log.exception("rid=%s %s %s failed", rid(), request.method, request.path)
+    log.exception("rid=%s %s %s failed", rid(), request.method, request.path, extra=request_fields(500))
     return inference_error(InternalError.from_exception(request.path, exc))

@@ -11,7 +11,7 @@ import os
 
 from gunicorn import util as gunicorn_util
 
-from contract import logs
+from contract import logs, metrics
 from contract.settings import KEEPALIVE_S, Settings
 from handlers import cuda
 from handlers.engine import loads_before_fork
@@ -28,7 +28,7 @@ timeout = _settings.worker_timeout_s
 graceful_timeout = _settings.drain_s
 keepalive = KEEPALIVE_S
 accesslog = None  # nginx logs each request once, with its request id
-logconfig_dict = logs.gunicorn_logconfig(_settings.log_level)
+logconfig_dict = logs.gunicorn_logconfig(_settings.log_level, _settings.log_format)
 loglevel = _settings.log_level.lower()
 proc_name = "serve-gunicorn"
 control_socket_disable = True  # its default path is shared by every gunicorn on the host
@@ -55,6 +55,11 @@ def post_fork(server, worker):
     gpu = cuda.worker_gpu(worker.gpu_slot, _settings.gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if gpu is not None and _settings.stack == "flask":
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def child_exit(server, worker):
+    """A worker that exited no longer counts in /metrics' live gauges (its counts stay)."""
+    metrics.worker_exited(worker.pid)
 
 
 def write_json_error(sock, status_int, reason, mesg):

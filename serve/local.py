@@ -11,6 +11,8 @@ import os
 import threading
 import time
 
+from contract import metrics
+from contract.routes import DEFAULT_MODEL
 from contract.settings import Settings
 from handlers import config as handler_config, pipeline
 from handlers.errors import NotFound
@@ -53,7 +55,16 @@ class LocalBackend:
             os._exit(4)  # gunicorn halts the whole server when a worker exits with 4 (APP_LOAD_ERROR)
         self.state = "ready"
         log.info("model warmed up in %.2f s; ready", time.monotonic() - started)
+        self.measure()
         self.ready.set()
+
+    def measure(self) -> None:
+        """/metrics: the model is served under its default name; its queue is watched."""
+        metrics.set_info(self.settings.stack, self.service.engine_info())
+        metrics.model_loaded(DEFAULT_MODEL)
+        scheduler = self.service.scheduler
+        if scheduler is not None:
+            scheduler.on_depth = lambda depth: metrics.queue_depth(DEFAULT_MODEL, depth)
 
     def not_ready(self) -> str | None:
         if self.state == "ready" and not self.service.healthy:

@@ -25,9 +25,11 @@ from contract.settings import KEEPALIVE_S, REPO_ROOT, Settings
 from handlers.artifacts import resolve_model_dir
 from handlers.config import ConfigError
 from handlers.errors import InferenceError
+from serve.log_relay import LogRelay
 
 log = logging.getLogger("serve")
 NGINX_TEMPLATE = REPO_ROOT / "nginx.conf"
+MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")  # prometheus_client's own
 
 
 def bind_in_range(sock: socket.socket, low: int, high: int, host: str = "127.0.0.1") -> None:
@@ -57,6 +59,7 @@ def render_nginx(settings: Settings, runtime_dir: Path, upstream: str) -> Path:
         "client_timeout": str(settings.timeout_s),
         "keepalive": str(KEEPALIVE_S),
         "allowed_methods": routes.nginx_methods_map(settings.multi_model),
+        "access_log_format": "json" if settings.log_format == "json" else "oneline",
         "served_paths": routes.served_paths(settings.multi_model),
     }
     text = NGINX_TEMPLATE.read_text()
@@ -93,6 +96,7 @@ class Supervisor:
         self.stopping = False
         self.children: dict[str, subprocess.Popen] = {}
         self.mms = None
+        self.relay = LogRelay(settings.log_format == "json")
 
     def listen(self) -> tuple[socket.socket, str]:
         """The socket gunicorn serves on, bound here so that requests arriving while gunicorn
@@ -116,7 +120,7 @@ class Supervisor:
         s = self.settings
         store = Path(s.model_dir).parent if not s.multi_model else Path(s.model_root)
         self.mms = MmsProcess(s)
-        self.mms.start(store, s.port, lambda: self.stopping)
+        self.mms.start(store, s.port, lambda: self.stopping, output=lambda: self.relay.pipes("multi-model-server"))
         self.children["multi-model-server"] = self.mms.java
         env["SERVE_MMS"] = self.mms.describe()
 
@@ -124,13 +128,17 @@ class Supervisor:
         s = self.settings
         sock, upstream = self.listen()
         conf = render_nginx(s, self.runtime_dir, upstream)
-        self.children["nginx"] = subprocess.Popen([find_nginx(), "-c", str(conf), "-p", str(self.runtime_dir)])
-        env = dict(os.environ, SERVE_SETTINGS=s.to_json(), SERVE_UPSTREAM=f"fd://{sock.fileno()}",
+        self.children["nginx"] = self.spawn("nginx", [find_nginx(), "-c", str(conf), "-p", str(self.runtime_dir)])
+        env = {k: v for k, v in os.environ.items() if k not in MULTIPROC_ENV}
+        env.update(SERVE_SETTINGS=s.to_json(), SERVE_UPSTREAM=f"fd://{sock.fileno()}",
                    TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+        if s.stack == "flask":  # /metrics adds up what every gunicorn worker counted (contract.metrics)
+            (self.runtime_dir / "metrics").mkdir()
+            env[MULTIPROC_ENV[0]] = str(self.runtime_dir / "metrics")
         if s.stack == "mms":
             self.start_mms(env)
-        self.children["gunicorn"] = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf", "serve.wsgi:app"],
+        self.children["gunicorn"] = self.spawn(
+            "gunicorn", [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf", "serve.wsgi:app"],
             env=env, cwd=REPO_ROOT, pass_fds=(sock.fileno(),))
         sock.close()
         backend = "multi-model-server" if s.stack == "mms" else "the model in the app"
@@ -138,6 +146,14 @@ class Supervisor:
                  "timeout %d s, payload cap %d bytes)", "models from " + s.model_root if s.multi_model else s.model_dir,
                  s.bind_host, s.port, upstream, backend, s.workers, s.handler.threads, s.timeout_s,
                  s.max_payload_bytes)
+
+    def spawn(self, name: str, cmd: list[str], **kwargs) -> subprocess.Popen:
+        """A child whose output goes through the log relay (LOG_FORMAT=json) or straight out."""
+        pipes = self.relay.pipes(name)
+        try:
+            return subprocess.Popen(cmd, **pipes, **kwargs)
+        finally:
+            self.relay.started(pipes)
 
     def request_stop(self, signum, _frame) -> None:
         if not self.stopping:
@@ -201,4 +217,5 @@ class Supervisor:
             log.info("stopped")
             return 0
         finally:
+            self.relay.drain()
             shutil.rmtree(self.runtime_dir, ignore_errors=True)

@@ -1,6 +1,6 @@
 """bench/locustfile.py, run headless for a few seconds against the real stack
 (`python -m serve` on 127.0.0.1): the report counts requests and no failures; a wrong answer
-is a failure."""
+is a failure; the server's own figures (its /metrics) come beside locust's."""
 
 import re
 import subprocess
@@ -11,6 +11,8 @@ from tests.procs import REPO, Server
 
 LOCUST = REPO / ".venv-sdk" / "bin" / "locust"
 ROW = re.compile(r"^\| (?P<name>[^|]+) \| (?P<requests>\d+) \| (?P<failures>\d+) \|", re.M)
+SERVER_ROW = re.compile(r"^\| http://127\.0\.0\.1:\d+ \| (?P<requests>\d+) \| (?P<per_call>[\d.]+) \| "
+                        r"(?P<depth>\d+) \| [\d.]+ \| (?P<queue_ms>[\d.]+) \| (?P<engine_ms>[\d.]+) \|$", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +24,9 @@ def server(tmp_path_factory):
 
 
 def locust(server, tmp_path, *options: str) -> tuple[int, dict[str, tuple[int, int]]]:
-    """Exit code and the final report (--markdown): (requests, failures) by row name.
-    4 users for 5 seconds; --csv too, as a deployer would write it."""
+    """Exit code and the final report (--markdown): (requests, failures) by row name, and
+    under "server" the server's own row (its /metrics). 4 users for 5 seconds; --csv too, as a
+    deployer would write it."""
     run = subprocess.run([str(LOCUST), "-f", "bench/locustfile.py", "--headless", "--host", server.url,
                           "-u", "4", "-r", "4", "-t", "5s", "--only-summary", "--markdown",
                           "--csv", str(tmp_path / "report"), *options],
@@ -32,7 +35,21 @@ def locust(server, tmp_path, *options: str) -> tuple[int, dict[str, tuple[int, i
     assert (tmp_path / "report_stats.csv").is_file()
     rows = {m["name"]: (int(m["requests"]), int(m["failures"])) for m in ROW.finditer(run.stdout)}
     assert "Aggregated" in rows, run.stdout + run.stderr[-3000:]
+    server_rows = list(SERVER_ROW.finditer(run.stdout))
+    assert len(server_rows) == 1, run.stdout
+    rows["server"] = server_rows[0].groupdict()
     return run.returncode, rows
+
+
+def test_the_servers_own_figures_beside_locusts(server, tmp_path):
+    """Requests the server answered for the model, as its /metrics counted them between the
+    start and the end (locust may stop with a few requests in flight), and its batching."""
+    code, rows = locust(server, tmp_path)
+    requests, failures = rows["POST /invocations"]
+    assert code == 0 and failures == 0
+    figures = rows["server"]
+    assert requests - 4 <= int(figures["requests"]) <= requests + 4, (requests, figures)
+    assert float(figures["per_call"]) >= 1 and float(figures["engine_ms"]) > 0
 
 
 def test_demo_questions_answered_without_failures(server, tmp_path):

@@ -114,6 +114,14 @@ def test_a_refused_group_fails_alone(ct2_demo, known):
     assert isinstance(results[1], BadRequest)
 
 
+def test_a_top_p_too_small_for_float32_keeps_the_likeliest_token(ct2_demo, known):
+    """Found by fuzzing: a top_p like 1e-211 is 0 as CTranslate2's float32 (which it refuses with a
+    ValueError, a 500); it samples the most likely token, as any tiny top_p does."""
+    question, answer = known[0]
+    request = {"inputs": question, "parameters": {"do_sample": True, "top_p": 1.4572034493501215e-211}}
+    assert texts(predict(ct2_demo, [request])[0]) == [answer]
+
+
 def test_unseeded_sampling_samples(ct2_demo, known):
     request = {"inputs": known[0][0], "parameters": {"do_sample": True, "temperature": 50.0, "top_k": 0,
                                                       "num_return_sequences": 3, "max_new_tokens": 4}}

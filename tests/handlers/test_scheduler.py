@@ -212,3 +212,22 @@ def test_long_work_waits_briefly_for_a_second_caller():
     t0 = time.monotonic()
     idle.submit(job("s", cost=8)).result(5)  # short work on an idle lane never waits for company
     assert time.monotonic() - t0 < 0.2
+
+
+def test_on_depth_is_told_every_change_of_the_queue():
+    """What a server's queue-depth gauge shows: jobs waiting for a lane, never those running."""
+    run = Recorder()
+    run.hold.clear()
+    scheduler = started(run, lanes=1, max_size=2, max_wait_s=0)
+    depths = []
+    scheduler.on_depth = depths.append
+    first = scheduler.submit(job("a"))
+    time.sleep(0.1)  # "a" runs; the rest wait
+    futures = [scheduler.submit(job(n)) for n in "bcd"]
+    cancelled = scheduler.submit(job("e"))
+    cancelled.cancel()
+    run.hold.set()
+    assert [f.result(5) for f in [first, *futures]] == list("abcd")
+    time.sleep(0.1)
+    assert depths[:5] == [1, 0, 1, 2, 3] and depths[-1] == 0, depths
+    assert 4 in depths  # "e" waited too, until a lane saw it was cancelled

@@ -33,6 +33,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -184,10 +185,24 @@ def result(proc: subprocess.Popen) -> dict:
             "p90_ms": float(p90), "p99_ms": float(p99), "errors": int(status) + int(socket_errors)}
 
 
+def warm_up(port: int, clients: int, work: Path) -> None:
+    """``clients`` requests at once, each waited for: wrk stopping mid-run would leave a server
+    that does not drop a closed connection's queued work (the HF toolkit) busy for the next run."""
+    body = bodies(TOKENS, work).read_text().splitlines()[0].encode()
+
+    def one(_: int) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=600).read()
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(clients)))
+
+
 def measure(stack: Stack, levels: list[int], seconds: float, work: Path) -> dict:
     row = {"cold_start_s": round(stack.start(), 2)}
     try:
-        result(wrk(stack.port, max(levels), 2, TOKENS, work))  # warm up
+        warm_up(stack.port, max(levels), work)
         for level in levels:
             row[str(level)] = result(wrk(stack.port, level, seconds, TOKENS, work))
         row["rss_mib"], row["pss_mib"] = stack.rss_mib(), round(pss_mib(stack.proc.pid))

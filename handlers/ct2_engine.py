@@ -140,10 +140,10 @@ class CTranslate2Engine:
 
     def _pick_lone_layout(self, shared) -> None:
         """One-thread replicas run batches fastest on every CPU measured; a prompt alone may run
-        faster on all the threads at once (on an Intel Xeon, 63 vs 83 ms; never on an AMD EPYC,
-        where this is not even tried). Time both here and keep the copy with all the threads for
-        lone prompts where it wins by 10 % (CT2_THREAD_LAYOUT=auto; "both" keeps it, "replicas"
-        never builds it)."""
+        faster on all the threads at once (on an Intel Xeon, 63 vs 83 ms; on an AMD EPYC only on
+        larger models, where auto does not try, to keep one copy of the weights). Time both here
+        and keep the copy with all the threads for lone prompts where it wins by 10 %
+        (CT2_THREAD_LAYOUT=auto; "both" keeps it, "replicas" never builds it)."""
         def lone_ms(translator) -> float:
             source, times = [["▁a"] * 24 + ["</s>"]], []
             for _ in range(4):

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from tests.container.docker_run import DOCKER, docker
+from tests.container.local_mode import LocalMode, missing
 
 # Facts measured by the tests, printed at the end of the run (cold start, ...).
 MEASURED: dict[str, str] = {}
@@ -36,6 +37,19 @@ def cpu_image() -> str:
     if docker("image", "inspect", image, check=False).returncode != 0:
         _unavailable(f"image {image} is not in the local Docker daemon")
     return image
+
+
+@pytest.fixture(scope="module")
+def local_mode(cpu_image, tmp_path_factory):
+    """The SDK's local mode on the image under test, one per test module."""
+    reason = missing()
+    if reason:
+        _unavailable(reason)
+    mode = LocalMode(cpu_image, tmp_path_factory.mktemp("local-mode"))
+    try:
+        yield mode
+    finally:
+        mode.remove_containers()  # the SDK's docker-compose leaves them exited
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -10,23 +10,9 @@ HTTP by test_multi_model.py and test_single_model.py; docs/DEPLOY.md says so.
 import pytest
 
 from tools.package import package
-from tests.container.conftest import _unavailable
-from tests.container.local_mode import LocalMode, missing
 from tests.procs import DEMO_MODEL, REPO
 
 MODEL_FN_CODE = REPO / "tests" / "container" / "fixtures" / "model_fn_code"
-
-
-@pytest.fixture(scope="module")
-def local_mode(cpu_image, tmp_path_factory):
-    reason = missing()
-    if reason:
-        _unavailable(reason)
-    mode = LocalMode(cpu_image, tmp_path_factory.mktemp("local-mode"))
-    try:
-        yield mode
-    finally:
-        mode.remove_containers()  # the SDK's docker-compose leaves them exited
 
 
 @pytest.fixture(scope="module")

@@ -9,27 +9,12 @@ import subprocess
 import sys
 
 import boto3
-import pytest
 
-from tests.container.conftest import _unavailable
-from tests.container.local_mode import LocalMode, missing
 from tests.moto_server import moto_server
 from tests.procs import REPO
 from tests.tools.training_dirs import seed_training_dir
 
 BUCKET = "my-bucket"
-
-
-@pytest.fixture(scope="module")
-def local_mode(cpu_image, tmp_path_factory):
-    reason = missing()
-    if reason:
-        _unavailable(reason)
-    mode = LocalMode(cpu_image, tmp_path_factory.mktemp("local-mode"))
-    try:
-        yield mode
-    finally:
-        mode.remove_containers()  # the SDK's docker-compose leaves them exited
 
 
 def test_training_dir_to_answered_question(local_mode, tmp_path, qa_pairs):

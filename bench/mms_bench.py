@@ -85,6 +85,8 @@ def pss_mib(root: int) -> float:
 
 
 class Server:
+    poll = 0.05  # s between /ping tries while starting
+
     def __init__(self, name: str, cmd: list[str], env: dict, port: int, log: Path, cwd: Path = REPO):
         self.name, self.cmd, self.env, self.port, self.log, self.cwd = name, cmd, env, port, log, cwd
         self.proc = None
@@ -101,7 +103,7 @@ class Server:
                     return time.monotonic() - started
             except OSError:
                 pass
-            time.sleep(0.05)
+            time.sleep(self.poll)
         raise TimeoutError(f"{self.name}: no 200 /ping in {timeout} s; see {self.log}")
 
     def request(self, method, path, body=None, headers=None, timeout=120):

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.models import build_t5, prompts  # noqa: E402
-from bench.mms_bench import ensure_hf_venv, free_port, hf, pss_mib, tree  # noqa: E402
+from bench.mms_bench import Server, ensure_hf_venv, free_port, hf, pss_mib, tree  # noqa: E402
 
 TOKENS = 16
 LOGS = REPO / "build" / "stacks-bench-logs"
@@ -95,29 +94,16 @@ def raw_rows(model: Path, levels: list[int], seconds: float) -> dict:
 
 
 # -- the stacks over HTTP ---------------------------------------------------------------------------
-class Stack:
+class Stack(Server):
+    poll = 0.02  # cold start to 20 ms
+
     def __init__(self, name: str, model: Path, env: dict, tree_dir: Path = REPO, cmd: list[str] | None = None,
                  cwd: Path | None = None):
-        self.name, self.port, self.extra = name, free_port(), env
-        self.cmd = cmd or [sys.executable, "-m", "serve", "--model-dir", str(model)]
-        self.env = dict(os.environ, SERVE_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(self.port), **env)
-        self.cwd, self.proc = cwd or tree_dir, None
-        self.log = LOGS / f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}-{self.port}.log"
-
-    def start(self, timeout: float = 300) -> float:
-        started = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {self.log}")
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2).status == 200:
-                    return time.monotonic() - started
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise TimeoutError(f"{self.name}: no 200 /ping in {timeout} s; see {self.log}")
+        port = free_port()
+        super().__init__(name, cmd or [sys.executable, "-m", "serve", "--model-dir", str(model)],
+                         dict(os.environ, SERVE_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(port), **env), port,
+                         LOGS / f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}-{port}.log", cwd or tree_dir)
+        self.extra = env
 
     def rss_mib(self) -> int:
         total = 0
@@ -127,19 +113,6 @@ class Stack:
             except (OSError, ValueError):
                 pass
         return round(total / 2**20)
-
-    def stop(self) -> None:
-        pids = tree(self.proc.pid)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(45)
-        except subprocess.TimeoutExpired:
-            pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 WRK_SCRIPT = """

@@ -174,7 +174,9 @@ class Scheduler:
             while not (batch := self._pick()):
                 if self.state != "ready":
                     return []
-                self.cond.wait()
+                # Queued work not picked is long work held for short work: until that ends.
+                held = self.last_short + SHORT_WORK_S - time.monotonic() if self.queue else 0
+                self.cond.wait(held if held > 0 else None)
             # Under load, let the callers of the last batch return; before long work, let one more
             # caller join (a wait of max_wait_s is little beside a long batch, and keeps callers of
             # long work from drifting apart into batches of one that take turns).

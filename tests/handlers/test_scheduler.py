@@ -122,6 +122,29 @@ def test_long_work_leaves_a_lane_to_short_work():
     assert run.batches[2] == ["L2"]
 
 
+def test_held_long_work_takes_the_free_lane_once_short_work_has_gone(monkeypatch):
+    monkeypatch.setattr("handlers.scheduler.SHORT_WORK_S", 0.3)
+    release, batches = threading.Event(), []
+
+    def run(jobs):
+        batches.append([j.name for j in jobs])
+        if jobs[0].name == "L1":
+            release.wait(10)
+        for j in jobs:
+            j.resolve(j.name)
+
+    scheduler = started(run, lanes=2, max_size=8, max_wait_s=0)
+    scheduler.submit(job("s0")).result(5)
+    long_one = scheduler.submit(job("L1", key=1, cost=LONG_COST + 1))
+    time.sleep(0.05)
+    long_two = scheduler.submit(job("L2", key=2, cost=LONG_COST + 1))
+    # held back while short work is about, then started on the free lane while L1 still runs
+    assert long_two.result(2) == "L2", batches
+    assert not long_one.done()
+    release.set()
+    assert long_one.result(5) == "L1"
+
+
 def test_without_short_work_long_work_takes_every_lane(monkeypatch):
     monkeypatch.setattr("handlers.scheduler.SHORT_WORK_S", 0.0)
     run = Recorder()

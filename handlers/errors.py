@@ -21,51 +21,35 @@ class InferenceError(Exception):
 
 
 class BadRequest(InferenceError):
-    """400: the request body or its parameters are malformed or out of range."""
-
-    status = 400
+    status = 400  # the request body or its parameters are malformed or out of range
 
 
 class NotFound(InferenceError):
-    """404: no such path or model."""
-
-    status = 404
+    status = 404  # no such path or model
 
 
 class MethodNotAllowed(InferenceError):
-    """405: the path exists but not for this method (e.g. GET /invocations)."""
-
-    status = 405
+    status = 405  # the path exists but not for this method (e.g. GET /invocations)
 
 
 class NotAcceptable(InferenceError):
-    """406: the Accept header names no media type we can produce."""
-
-    status = 406
+    status = 406  # the Accept header names no media type we can produce
 
 
 class Conflict(InferenceError):
-    """409: a model with that name is already loaded."""
-
-    status = 409
+    status = 409  # a model with that name is already loaded
 
 
 class PayloadTooLarge(InferenceError):
-    """413: the body exceeds the payload cap."""
-
-    status = 413
+    status = 413  # the body exceeds the payload cap
 
 
 class UnsupportedMediaType(InferenceError):
-    """415: the Content-Type names no media type we can read."""
-
-    status = 415
+    status = 415  # the Content-Type names no media type we can read
 
 
 class InternalError(InferenceError):
-    """500: the model or a user script failed; the message names the exception."""
-
-    status = 500
+    status = 500  # the model or a user script failed; the message names the exception
 
     @classmethod
     def from_exception(cls, where: str, exc: BaseException) -> "InternalError":
@@ -73,26 +57,18 @@ class InternalError(InferenceError):
 
 
 class ModelLoadError(InferenceError):
-    """422: the model cannot be loaded: its directory is missing a file or holds a corrupt
-    one (named in the message), or its user script fails to load. ``POST /models`` answers
-    it; a single-model server logs it and exits."""
-
+    # The model cannot be loaded (a missing or corrupt file, named; a failing user script):
+    # POST /models answers it, a single-model server logs it and exits
     status = 422
 
 
 class ServiceUnavailable(InferenceError):
-    """503: the model is not loaded, not warmed up, or can no longer serve."""
-
-    status = 503
+    status = 503  # the model is not loaded, not warmed up, or can no longer serve
 
 
 class GatewayTimeout(InferenceError):
-    """504: the request did not finish within the model server timeout."""
-
-    status = 504
+    status = 504  # the request did not finish within the model server timeout
 
 
 class InsufficientStorage(InferenceError):
-    """507: not enough memory to load another model."""
-
-    status = 507
+    status = 507  # not enough memory to load another model

@@ -97,7 +97,8 @@ class Supervisor:
         s = self.settings
         store = Path(s.model_dir).parent if not s.multi_model else Path(s.model_root)
         self.mms = MmsProcess(s)
-        self.mms.start(store, s.port, lambda: self.stopping, output=lambda: self.relay.pipes("multi-model-server"))
+        self.mms.start(store, s.port, lambda: self.stopping,
+                       output=lambda: self.relay.pipes("multi-model-server"))
         self.children["multi-model-server"] = self.mms.java
         env["SERVE_MMS"] = self.mms.describe()
 
@@ -117,15 +118,16 @@ class Supervisor:
             env[MULTIPROC_ENV[0]] = str(self.runtime_dir / "metrics")
         if s.stack == "mms":
             self.start_mms(env)
-        self.children["gunicorn"] = self.spawn(
-            "gunicorn", [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf", "serve.wsgi:app"],
-            env=env, cwd=REPO_ROOT, pass_fds=(sock.fileno(),))
+        gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf",
+                    "serve.wsgi:app"]
+        self.children["gunicorn"] = self.spawn("gunicorn", gunicorn, env=env, cwd=REPO_ROOT,
+                                               pass_fds=(sock.fileno(),))
         sock.close()
         backend = "multi-model-server" if s.stack == "mms" else "the model in the app"
+        served = "models from " + s.model_root if s.multi_model else s.model_dir
         log.info("serving %s on %s:%d (nginx -> gunicorn at %s -> %s; %d worker(s) x %d engine thread(s), "
-                 "timeout %d s, payload cap %d bytes)", "models from " + s.model_root if s.multi_model else s.model_dir,
-                 s.bind_host, s.port, upstream, backend, s.workers, s.handler.threads, s.timeout_s,
-                 s.max_payload_bytes)
+                 "timeout %d s, payload cap %d bytes)", served, s.bind_host, s.port, upstream, backend,
+                 s.workers, s.handler.threads, s.timeout_s, s.max_payload_bytes)
 
     def spawn(self, name: str, cmd: list[str], **kwargs) -> subprocess.Popen:
         """A child whose output goes through the log relay (LOG_FORMAT=json) or straight out."""

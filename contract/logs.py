@@ -1,13 +1,9 @@
-"""One log line per event. ``LOG_FORMAT=text`` (the default): time, level, process, logger,
-message. ``LOG_FORMAT=json``: one JSON object per line with ``time``, ``level``, ``logger``,
-``process``, ``message``, the fields a caller passed as ``extra`` (request lines: ``rid``,
-``model``, ``status``, sizes, durations) and a traceback as ``exception``. The Python
-processes format their own lines; the supervisor wraps what nginx and Java write
-(``serve.log_relay``)."""
+"""One log line per event: text (the default) or, with ``LOG_FORMAT=json``, one JSON object with
+``time``, ``level``, ``logger``, ``process``, ``message``, the fields passed as ``extra`` and a
+traceback as ``exception``. The supervisor wraps what nginx and Java write (``serve.log_relay``)."""
 
 import json
 import logging
-import sys
 from datetime import datetime
 
 FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
@@ -31,14 +27,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def formatter(log_format: str = "text") -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT)
-
-
-def configure(level: str = "INFO", log_format: str = "text", stream=None) -> None:
-    """This process's logging: every logger through one handler on ``stream`` (stderr)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(formatter(log_format))
+def configure(level: str = "INFO", log_format: str = "text") -> None:
+    """This process's logging: every logger through one handler on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

@@ -1,19 +1,9 @@
 """What ``GET /metrics`` serves, the same on both stacks (Prometheus text, ``prometheus_client``).
 
-Recorded in the front only: the app (``serve/app.py``) counts every request it answers and
-observes the figures the engine side sent back with each answer (``handlers.figures``: queue
-and engine time, tokens, prompts per engine call); each model's scheduler in the app reports its
-queue depth; the multi-model backend reports loads, unloads and memory. Label values are
-bounded: the contract's routes, HTTP status codes, and model names only while the model is
-loaded (a request for any other name counts under ``model=""``, and an unloaded model's
-series go with it).
-
-Processes: the flask stack's gunicorn may run several workers, each with its model, so there
-prometheus_client's multiprocess mode adds them up (the supervisor gives gunicorn
-``PROMETHEUS_MULTIPROC_DIR``, a folder in its private runtime dir). The MMS stack's app is
-one process that sees every request; its MMS workers send their figures back in each answer
-envelope, so nothing is collected from them, and an unloaded model's series can be removed
-(which multiprocess mode cannot do).
+Recorded in the front only (docs/DESIGN.md, "Metrics, timing, logs"). Label values are bounded:
+the routes, HTTP statuses, and model names only while the model is loaded (others count under
+``model=""``). The flask stack's workers add up in multiprocess mode; the MMS stack's app is one
+process, so an unloaded model's series can be removed.
 """
 
 import threading
@@ -130,19 +120,19 @@ def observe_request(route: str, model: str | None, status: int, arrived: float, 
     its arrival; ``figures``: what it cost the engine (None when it never reached one)."""
     elapsed = time.monotonic() - arrived
     with _lock:
-        label = model if model in _loaded else ""
-        REQUESTS.labels(route, label, str(status)).inc()
-        if not label:
+        name = label(model)
+        REQUESTS.labels(route, name, str(status)).inc()
+        if not name:
             return
-        DURATION.labels(label).observe(elapsed)
+        DURATION.labels(name).observe(elapsed)
         if figures is None:
             return
-        QUEUE.labels(label).observe(max(0.0, figures.start - arrived))
-        ENGINE.labels(label).observe(max(0.0, figures.end - figures.start))
-        INPUT_TOKENS.labels(label).inc(figures.input_tokens)
-        GENERATED_TOKENS.labels(label).inc(figures.generated_tokens)
+        QUEUE.labels(name).observe(max(0.0, figures.start - arrived))
+        ENGINE.labels(name).observe(max(0.0, figures.end - figures.start))
+        INPUT_TOKENS.labels(name).inc(figures.input_tokens)
+        GENERATED_TOKENS.labels(name).inc(figures.generated_tokens)
         for size in figures.calls:
-            BATCH.labels(label).observe(size)
+            BATCH.labels(name).observe(size)
 
 
 def exposition() -> tuple[bytes, str]:

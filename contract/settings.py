@@ -1,9 +1,6 @@
-"""Every server setting, read once from the environment into one frozen object.
-
-``Settings.from_env`` is the only place the environment is read; the object is passed down
-(to gunicorn and the MMS workers as JSON). nginx, gunicorn, the app and multi-model-server
-derive every limit from it: each timeout, margin and stop window below comes from
-``SAGEMAKER_MODEL_SERVER_TIMEOUT`` and SageMaker's 30 s between SIGTERM and SIGKILL.
+"""Every server setting, read once from the environment (``Settings.from_env``, the only place
+it is read) into one frozen object passed down as JSON. Every timeout, margin and stop window
+below derives from ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` and SageMaker's 30 s from SIGTERM to SIGKILL.
 """
 
 import json
@@ -18,7 +15,7 @@ from handlers.config import ConfigError, HandlerConfig, choice, env_float, env_i
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL_DIR = REPO_ROOT / "demo" / "model"
 TRUE = ("1", "true", "yes", "on")
-STOP_WINDOW_S = 30  # SageMaker sends SIGKILL this long after SIGTERM
+STOP_DEADLINE_S = 28  # everything has stopped this long after SIGTERM (SageMaker sends SIGKILL at 30 s)
 KEEPALIVE_S = 75  # idle keep-alive connections (nginx's default)
 LOG_FORMATS = ("text", "json")
 
@@ -110,7 +107,7 @@ class Settings:
         stack = env.get("SERVING_STACK", "").strip().lower() or ("mms" if multi_model else "flask")
         if stack not in ("flask", "mms"):
             raise ConfigError(f"SERVING_STACK={stack!r} must be flask or mms")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = len(os.sched_getaffinity(0))
         # flask: one worker's engine batches everything. MMS: one worker per core per model,
         # one engine thread each (measured faster and steadier: docs/BENCHMARKS.md).
         workers = _env_int_alias(env, ("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
@@ -169,11 +166,6 @@ class Settings:
         return self.load_timeout_s + 60
 
     @property
-    def stop_deadline_s(self) -> int:
-        """Everything has stopped this long after SIGTERM, inside SageMaker's window."""
-        return STOP_WINDOW_S - 2
-
-    @property
     def java_stop_s(self) -> int:
         """Of the stop window, what multi-model-server (Java and its workers) gets, last."""
         return 6 if self.stack == "mms" else 0
@@ -181,7 +173,7 @@ class Settings:
     @property
     def drain_s(self) -> int:
         """How long requests in flight at SIGTERM may take to finish (nginx, then gunicorn)."""
-        return self.stop_deadline_s - 3 - self.java_stop_s
+        return STOP_DEADLINE_S - 3 - self.java_stop_s
 
     @property
     def max_payload_mb(self) -> int:

@@ -1,17 +1,12 @@
-"""The one WSGI app behind nginx, on both stacks: SageMaker's paths over a backend.
-
-    LocalBackend (serve/local.py): the single model in this process (the default stack);
-    MmsBackend (container/backend.py): models in multi-model-server's worker processes
-        (multi-model endpoints, and SERVING_STACK=mms).
-
-The paths, their methods and the contract's own answers are ``contract.routes``'; a backend
-answers requests for models. ``init(settings, backend)`` is called once per process.
+"""The one WSGI app behind nginx, on both stacks: the paths of ``contract.routes`` over a backend,
+``serve.local.LocalBackend`` or ``container.backend.MmsBackend``: ``not_ready()``, ``invoke(name,
+request, deadline)`` (name None: the single model) and, for multi-model endpoints, ``load(name,
+url)``, ``unload(name)``, ``describe(name)``, ``models()``. ``init`` is called once per process.
 """
 
 import json
 import logging
 import time
-from typing import Protocol
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
@@ -19,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from contract import metrics as prom, routes
 from contract.settings import Settings
 from handlers.errors import BadRequest, InferenceError, InternalError, PayloadTooLarge, ServiceUnavailable
-from handlers.pipeline import Request, Response as Answer
+from handlers.pipeline import Request
 
 log = logging.getLogger("serve.app")
 app = Flask("serve", static_folder=None)
@@ -29,21 +24,7 @@ settings = Settings()
 backend = None
 
 
-class Backend(Protocol):
-    def not_ready(self) -> str | None:
-        """None when a request would be served now, else why not."""
-
-    def invoke(self, name: str | None, request: Request, deadline: float) -> Answer:
-        """Run ``request`` on model ``name`` (None: the single model)."""
-
-    # Multi-model endpoints only:
-    def load(self, name, url) -> dict: ...
-    def unload(self, name: str) -> dict: ...
-    def describe(self, name: str) -> dict: ...
-    def models(self) -> list[dict]: ...
-
-
-def init(new_settings: Settings, new_backend: Backend) -> Flask:
+def init(new_settings: Settings, new_backend) -> Flask:
     global settings, backend
     settings, backend = new_settings, new_backend
     return app
@@ -53,8 +34,8 @@ def rid() -> str:
     return request.headers.get("X-Request-Id", "-")
 
 
-def json_response(value, status: int = 200) -> Response:
-    return Response(json.dumps(value), status=status, mimetype="application/json")
+def json_response(value) -> Response:
+    return Response(json.dumps(value), mimetype="application/json")
 
 
 def ping():
@@ -80,11 +61,7 @@ def invocations():
         if not name:
             raise BadRequest(f"this is a multi-model endpoint: name the model in the {routes.TARGET_MODEL} "
                              "header or POST /models/{name}/invoke")
-    return run(name)
-
-
-def invoke(name: str):
-    return run(name)
+    return invoke(name)
 
 
 def models():
@@ -124,22 +101,16 @@ def model(name: str):
     return json_response(backend.unload(name) if request.method == "DELETE" else backend.describe(name))
 
 
-for _route in routes.ROUTES:  # the contract's table is the one list of paths
-    app.add_url_rule(_route.rule, _route.endpoint, globals()[_route.endpoint], methods=_route.methods,
-                     provide_automatic_options=False)
-
-
 def read_body() -> bytes:
+    """The body, within the cap (nginx has refused a larger one: this is the check behind it)."""
     cap = settings.max_payload_bytes
-    if (request.content_length or 0) > cap:
-        raise PayloadTooLarge(f"request body is larger than {cap} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     body = request.get_data(cache=False)
     if len(body) > cap:
         raise PayloadTooLarge(f"request body is larger than {cap} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     return body
 
 
-def run(name: str | None) -> Response:
+def invoke(name: str | None) -> Response:
     """A request for a model, through the backend; the caller's custom attributes come back, and
     a whole answer carries its queue and engine time (``Server-Timing``)."""
     g.model = name or routes.DEFAULT_MODEL
@@ -157,6 +128,11 @@ def run(name: str | None) -> Response:
         log.warning("rid=%s %s %s -> %d (%s bytes in)", rid(), request.method, request.path, answer.status,
                     request.content_length or 0, extra=request_fields(answer.status))
     return response
+
+
+for _route in routes.ROUTES:  # the contract's table is the one list of paths
+    app.add_url_rule(_route.rule, _route.endpoint, globals()[_route.endpoint], methods=_route.methods,
+                     provide_automatic_options=False)
 
 
 def request_fields(status: int) -> dict:

@@ -1,9 +1,8 @@
 """Gunicorn settings, all derived from contract.settings.Settings (passed by the supervisor).
 
-Gunicorn imports the app (``serve.wsgi``) in its master when ``preload_app``: the model's files
-are read there once and the workers share them, but nothing runs the model before the fork
-(``handlers.engine.loads_before_fork``). Each worker starts its backend, which must be ready
-before the worker takes requests: /ping says 200 only then.
+With ``preload_app`` the master imports ``serve.wsgi`` and reads the model's files once for
+every worker, but runs nothing (``handlers.engine.loads_before_fork``); each worker starts its
+backend, and takes requests (/ping 200) only once it is ready.
 """
 
 import json

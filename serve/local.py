@@ -1,9 +1,6 @@
-"""The single model in this process: the default stack's backend.
-
-Loaded where gunicorn imports the app (its master, when ``handlers.engine.loads_before_fork``
-allows: workers then share the weights), started in each worker: ``start`` places the model on
-its lanes and warms it up before /ping says 200. Each request thread runs the pipeline itself;
-the model's scheduler batches what the threads submit.
+"""The single model in this process: the default stack's backend. Loaded where gunicorn imports
+the app (its master when ``handlers.engine.loads_before_fork`` allows, so workers share the
+weights), started in each worker; each request thread runs the pipeline itself.
 """
 
 import logging
@@ -55,16 +52,12 @@ class LocalBackend:
             os._exit(4)  # gunicorn halts the whole server when a worker exits with 4 (APP_LOAD_ERROR)
         self.state = "ready"
         log.info("model warmed up in %.2f s; ready", time.monotonic() - started)
-        self.measure()
-        self.ready.set()
-
-    def measure(self) -> None:
-        """/metrics: the model is served under its default name; its queue is watched."""
         metrics.set_info(self.settings.stack, self.service.engine_info())
         metrics.model_loaded(DEFAULT_MODEL)
         scheduler = self.service.scheduler
         if scheduler is not None:
             scheduler.on_depth = lambda depth: metrics.queue_depth(DEFAULT_MODEL, depth)
+        self.ready.set()
 
     def not_ready(self) -> str | None:
         if self.state == "ready" and not self.service.healthy:

@@ -1,12 +1,8 @@
 """LOG_FORMAT=json: every line the server writes is one JSON object, whichever child wrote it.
 
-The supervisor gives each child (nginx, gunicorn, multi-model-server's Java) pipes for its
-stdout and stderr and copies each line to its own, whole, one line per write: a line that is
-already a JSON object (the Python processes format their own, nginx's access log has a JSON
-format) passes as it is; nginx's error log and Java's log4j lines (``container/log4j2.xml``)
-are parsed into ``time``, ``level``, ``logger``, ``message``; anything else (a stray print, a
-JVM warning, a traceback written before logging was set up) is wrapped as a message. An MMS
-worker's own JSON line, which Java logs inside one of its lines, comes out as that object.
+Each child's stdout and stderr come through pipes, one line per write: a JSON object passes as
+it is; nginx's error log and Java's log4j lines (``container/log4j2.xml``) are parsed into
+``time``, ``level``, ``logger``, ``message``; anything else is wrapped as a message.
 """
 
 import json
@@ -105,7 +101,7 @@ class LogRelay:
                     continue
                 try:
                     line = json.dumps(parser.parse(text), ensure_ascii=False)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError):  # e.g. a line that looks like nginx's with an invalid date
                     line = json.dumps({"time": iso_time(time.time()), "level": parser.level,
                                        "logger": parser.source, "message": text}, ensure_ascii=False)
                 data = (line + "\n").encode()

@@ -1,14 +1,11 @@
 """MMS's config.properties and Java command line, derived from our settings and nothing else.
 
 Each MMS instance gets its own properties file in its own private directory (never
-``/etc/sagemaker-mms.properties``), and MMS binds only 127.0.0.1: the public port belongs
-to ``container.front``, which speaks the SageMaker contract and forwards to MMS.
+``/etc/sagemaker-mms.properties``), and MMS binds only 127.0.0.1: the public port is the app's.
 """
 
 import math
 import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import mms
@@ -16,67 +13,52 @@ import mms
 from container.protocol import envelope_cap
 
 MMS_HOME = Path(mms.__file__).resolve().parent.parent  # MMS's -Dmodel_server_home
-MMS_MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"
-LOG4J_CONFIG = Path(__file__).resolve().parent / "log4j2.xml"
-HANDLER_MODULE = "container.handler_service"  # MMS imports it in each worker
-# What MMS runs as "python" for each model's listener: our preloading wrapper.
-WORKER_PYTHON = Path(__file__).resolve().parent / "mms_worker.sh"
-NETTY_THREADS = 2  # MMS only routes here: two event-loop threads each way are plenty
+HERE = Path(__file__).resolve().parent
+NETTY_THREADS = "2"  # MMS only routes here: two event-loop threads each way are plenty
 
 
 class ConfigValueError(ValueError):
     """A value cannot be written into a Java properties file safely."""
 
 
-@dataclass(frozen=True)
-class MmsConfig:
-    """Everything that goes into one MMS instance's config.properties."""
-
-    port: int  # MMS's own port on 127.0.0.1 (inference and management)
-    model_store: str  # registration urls are relative to this
-    workers: int  # workers per model
-    timeout_s: int  # per-request timeout, seconds
-    max_payload_bytes: int  # the callers' body cap; MMS's caps fit a batch envelope
-
-    def properties(self) -> dict[str, str]:
-        address = f"http://127.0.0.1:{self.port}"
-        return {
-            "inference_address": address,
-            "management_address": address,
-            "model_store": self.model_store,
-            "default_service_handler": HANDLER_MODULE,
-            "default_workers_per_model": str(self.workers),
-            # MMS reads default_response_timeout in MINUTES; 1.1.x prefers the _seconds
-            # key when present. Both are written so no reader sees a 60x longer timeout.
-            "default_response_timeout": str(max(1, math.ceil(self.timeout_s / 60))),
-            "default_response_timeout_seconds": str(self.timeout_s),
-            "unregister_model_timeout": str(self.timeout_s),
-            # The front refuses bodies over the payload cap itself (413); MMS sees envelopes.
-            "max_request_size": str(envelope_cap(self.max_payload_bytes)),
-            "max_response_size": str(envelope_cap(self.max_payload_bytes)),
-            "job_queue_size": "100",  # the front sends at most one batch per worker at a time
-            "number_of_netty_threads": str(NETTY_THREADS),
-            "netty_client_threads": str(NETTY_THREADS),
-            "decode_input_request": "false",  # handlers decode bodies, MMS must not
-            "preload_model": "false",  # each worker loads after MMS forks it
-            "use_native_io": "true",  # workers talk over unix sockets in our private dir
-            "enable_envvars_config": "false",  # no MMS_* variable may override this file
-            "async_logging": "true",
-            "metric_time_interval": "31536000",  # MMS would start a Python process each minute
-        }
-
-    def render(self) -> str:
-        lines = ["# Written by container/mms_process.py for one MMS instance; not shared."]
-        lines += [f"{key}={escape_property(value)}" for key, value in self.properties().items()]
-        return "\n".join(lines) + "\n"
+def render_properties(port: int, model_store: str, workers: int, timeout_s: int, max_payload_bytes: int) -> str:
+    """One MMS instance's config.properties: MMS's own port on 127.0.0.1 (inference and
+    management), registration urls relative to ``model_store``, ``workers`` per model, the
+    per-request timeout, and request and response caps that fit a batch envelope."""
+    address = f"http://127.0.0.1:{port}"
+    cap = str(envelope_cap(max_payload_bytes))  # the app refuses bodies over the payload cap (413)
+    properties = {
+        "inference_address": address,
+        "management_address": address,
+        "model_store": model_store,
+        "default_service_handler": "container.handler_service",  # MMS imports it in each worker
+        "default_workers_per_model": str(workers),
+        # MMS reads default_response_timeout in MINUTES; 1.1.x prefers the _seconds key when
+        # present. Both are written so no reader sees a 60x longer timeout.
+        "default_response_timeout": str(max(1, math.ceil(timeout_s / 60))),
+        "default_response_timeout_seconds": str(timeout_s),
+        "unregister_model_timeout": str(timeout_s),
+        "max_request_size": cap,
+        "max_response_size": cap,
+        "job_queue_size": "100",  # the app sends at most one batch per worker at a time
+        "number_of_netty_threads": NETTY_THREADS,
+        "netty_client_threads": NETTY_THREADS,
+        "decode_input_request": "false",  # handlers decode bodies, MMS must not
+        "preload_model": "false",  # each worker loads after MMS forks it
+        "use_native_io": "true",  # workers talk over unix sockets in our private dir
+        "enable_envvars_config": "false",  # no MMS_* variable may override this file
+        "async_logging": "true",
+        "metric_time_interval": "31536000",  # MMS would start a Python process each minute
+    }
+    lines = ["# Written by container/mms_process.py for one MMS instance; not shared."]
+    lines += [f"{key}={escape_property(value)}" for key, value in properties.items()]
+    return "\n".join(lines) + "\n"
 
 
 def escape_property(value: str) -> str:
-    """``value`` as a java.util.Properties value that reads back as exactly ``value``.
-
-    Control characters are refused outright (a newline would start a new key); backslashes
-    and a leading space are escaped, non-ASCII becomes \\uXXXX.
-    """
+    """``value`` as a java.util.Properties value that reads back as exactly ``value``: control
+    characters are refused (a newline would start a new key); backslashes and a leading space
+    are escaped, non-ASCII becomes \\uXXXX."""
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise ConfigValueError(f"control character in properties value {value!r}")
     out = value.replace("\\", "\\\\")
@@ -86,10 +68,9 @@ def escape_property(value: str) -> str:
 
 
 def java_memory_flags(max_payload_bytes: int) -> list[str]:
-    """Bounds for every part of Java's memory, sized for what MMS does here (routing
-    requests, at most a few envelopes in flight), so a long run plateaus: the heap holds
-    the envelopes being copied (twice each) plus MMS's own few MiB; netty's direct buffers
-    hold the envelopes on the wire."""
+    """Bounds for every part of Java's memory, sized for what MMS does here (routing, a few
+    envelopes in flight), so a long run plateaus: the heap holds the envelopes being copied
+    (twice each) plus MMS's own few MiB; netty's direct buffers hold those on the wire."""
     envelope_mib = -(-envelope_cap(max_payload_bytes) // (1024 * 1024))
     return [
         f"-Xmx{64 + 4 * envelope_mib}m", "-Xms16m",
@@ -101,22 +82,20 @@ def java_memory_flags(max_payload_bytes: int) -> list[str]:
     ]
 
 
-def java_command(config_file: Path, tmp_dir: Path, max_payload_bytes: int, *,
-                 python: str = sys.executable) -> list[str]:
+def java_command(config_file: Path, tmp_dir: Path, max_payload_bytes: int) -> list[str]:
     """The Java front end, started directly (the ``multi-model-server`` CLI would write its
     pid to a fixed ``$TMPDIR/.model_server.pid`` and hide the Java pid from us)."""
     java_home = os.environ.get("JAVA_HOME")
-    java = os.path.join(java_home, "bin", "java") if java_home else "java"
     return [
-        java,
+        os.path.join(java_home, "bin", "java") if java_home else "java",
         *java_memory_flags(max_payload_bytes),
         "-XX:+UseSerialGC",  # fewest GC threads: the cores belong to the model
         "-XX:+UseContainerSupport",
         f"-Dmodel_server_home={MMS_HOME}",
-        f"-Dlog4j.configurationFile=file://{LOG4J_CONFIG}",
+        f"-Dlog4j.configurationFile=file://{HERE / 'log4j2.xml'}",
         f"-Djava.io.tmpdir={tmp_dir}",  # worker sockets and their stdout/stderr fifos
         "-cp", str(MMS_HOME / "mms" / "frontend" / "*"),
-        MMS_MAIN_CLASS,
-        "--python", python,
+        "com.amazonaws.ml.mms.ModelServer",
+        "--python", str(HERE / "mms_worker.sh"),  # our preloading wrapper (container/mms_worker.py)
         "-f", str(config_file),
     ]

@@ -1,10 +1,7 @@
 """One MMS (Java) instance: its private directory, its port, its config, its process group.
 
-One instance = one private directory (``$TMPDIR/mms-XXXX``: config.properties, MMS's
-worker sockets and fifos, the workers' load reports), so two servers on one host never
-share a path. Java runs as the leader of its own process group: every worker inherits
-the group, and stopping checks /proc until none of it is left (MMS leaves forked workers
-behind on SIGTERM).
+The private directory (``$TMPDIR/mms-XXXX``: config.properties, MMS's worker sockets and
+fifos, the workers' load reports) keeps two servers on one host from sharing a path.
 """
 
 import json
@@ -22,7 +19,7 @@ from pathlib import Path
 
 from container import process_table, protocol
 from container.mms_client import MmsClient, MmsUnavailable
-from container.mms_config import WORKER_PYTHON, MmsConfig, java_command
+from container.mms_config import java_command, render_properties
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +32,9 @@ STARTUP_TIMEOUT_S = 120
 
 def pick_internal_port(safe_port_range: tuple[int, int] | None, exclude: set[int]) -> int:
     """A free 127.0.0.1 port for MMS: the first free one in SAGEMAKER_SAFE_PORT_RANGE when
-    set, else a random free one. MMS refuses ports above 32766 ("Invalid port number"), so
-    the kernel's ephemeral ports (32768+) are no use."""
+    set, else a random free one (never the kernel's ephemeral ports: MMS refuses 32767+)."""
     if safe_port_range:
-        candidates = list(range(safe_port_range[0], min(safe_port_range[1], MMS_MAX_PORT) + 1))
+        candidates = range(safe_port_range[0], min(safe_port_range[1], MMS_MAX_PORT) + 1)
     else:
         candidates = random.sample(range(*RANDOM_PORTS), 200)
     for port in candidates:
@@ -54,22 +50,17 @@ def pick_internal_port(safe_port_range: tuple[int, int] | None, exclude: set[int
                        f"(MMS cannot use ports above {MMS_MAX_PORT})")
 
 
-def make_private_dir() -> Path:
-    base = tempfile.gettempdir()
-    if len(base) > MAX_SOCKET_DIR - 25:
-        log.warning("TMPDIR %s is too long for MMS's unix sockets; using /tmp", base)
-        base = "/tmp"
-    private = Path(tempfile.mkdtemp(prefix="mms-", dir=base))
-    for sub in ("tmp", "state"):
-        (private / sub).mkdir()
-    return private
-
-
 class MmsProcess:
     def __init__(self, settings):
         self.settings = settings
-        self.private = make_private_dir()
+        base = tempfile.gettempdir()
+        if len(base) > MAX_SOCKET_DIR - 25:
+            log.warning("TMPDIR %s is too long for MMS's unix sockets; using /tmp", base)
+            base = "/tmp"
+        self.private = Path(tempfile.mkdtemp(prefix="mms-", dir=base))
         self.state_dir = self.private / "state"
+        self.state_dir.mkdir()
+        (self.private / "tmp").mkdir()
         self.java: subprocess.Popen | None = None
 
     def _env(self) -> dict[str, str]:
@@ -90,15 +81,14 @@ class MmsProcess:
         """Start Java and wait until MMS answers; None when a stop was requested meanwhile.
         Raises RuntimeError when MMS does not come up. ``output()``: Popen's stdout and stderr
         for Java (the supervisor's log relay; the file descriptors are closed here once passed)."""
+        s = self.settings
         for attempt in range(3):  # a port probed free can be taken before Java binds it
-            port = pick_internal_port(self.settings.safe_port_range, {exclude_port})
-            config = MmsConfig(port=port, model_store=str(model_store), workers=self.settings.workers,
-                               timeout_s=self.settings.timeout_s, max_payload_bytes=self.settings.max_payload_bytes)
+            self.port = pick_internal_port(s.safe_port_range, {exclude_port})
             config_file = self.private / "config.properties"
-            config_file.write_text(config.render())
-            cmd = java_command(config_file, self.private / "tmp", self.settings.max_payload_bytes,
-                               python=str(WORKER_PYTHON))
-            log.info("starting MMS on 127.0.0.1:%d (private dir %s)", port, self.private)
+            config_file.write_text(render_properties(self.port, str(model_store), s.workers, s.timeout_s,
+                                                     s.max_payload_bytes))
+            cmd = java_command(config_file, self.private / "tmp", s.max_payload_bytes)
+            log.info("starting MMS on 127.0.0.1:%d (private dir %s)", self.port, self.private)
             pipes = output() if output else {}
             try:
                 self.java = subprocess.Popen(cmd, env=self._env(), cwd=self.private, stdin=subprocess.DEVNULL,
@@ -106,7 +96,7 @@ class MmsProcess:
             finally:
                 for fd in pipes.values():
                     os.close(fd)
-            client, self.port = MmsClient(port), port
+            client = MmsClient(self.port)
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while time.monotonic() < deadline and not stopping() and self.java.poll() is None:
                 try:
@@ -144,5 +134,5 @@ class MmsProcess:
                 self.java.kill()
                 self.java.wait(timeout=2)
             if survivors:
-                log.error("processes left in MMS's group %d: %s", pgid, [p.pid for p in survivors])
+                log.error("processes left in MMS's group %d: %s", pgid, survivors)
         shutil.rmtree(self.private, ignore_errors=True)

@@ -1,14 +1,10 @@
 """Multi-model-server as the app's backend: the models run in MMS's worker processes.
 
-The supervisor starts MMS (``container.mms_process``) and hands this process its port, state
+The supervisor starts MMS (``container.mms_process``) and tells this process its port, state
 dir and process group (``SERVE_MMS``). Here, in the app's one gunicorn worker: the registry of
-loaded models (the only way to load or unload one, with the memory policy), one request queue
-per model (``container.dispatch``), and (single-model, ``SERVING_STACK=mms``) the default model,
-loaded before /ping says 200. Why MMS needs the app in front of it: it routes ``/invocations``
-only to models named on its command line and ignores SageMaker's target-model header, pages
-``GET /models`` differently, answers 200 to a load whose Python side failed and ``/ping`` 200
-while the default model is broken, parses form bodies itself, and cannot batch safely
-(``container.protocol``).
+loaded models, one queue per model, and (``SERVING_STACK=mms``) the default model, loaded before
+/ping says 200. MMS alone would route ``/invocations`` only to models named on its command line,
+say 200 to a load whose Python side failed, and could not batch safely (``container.protocol``).
 """
 
 import json
@@ -18,19 +14,15 @@ import threading
 import time
 from pathlib import Path
 
-from container import memory, protocol
-from container.dispatch import QueueSettings
 from container.mms_client import MmsClient, MmsUnavailable
 from container.model_registry import ModelRecord, ModelRegistry
 from contract import metrics
 from contract.routes import DEFAULT_MODEL
 from contract.settings import Settings
 from handlers.errors import GatewayTimeout, InferenceError, NotFound, ServiceUnavailable
-from handlers.pipeline import Response
-from handlers.pipeline import Request
+from handlers.pipeline import Request, Response
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL_NAME = DEFAULT_MODEL
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length", "expect"}
 ANSWER_GRACE_S = 0.5  # past its deadline a caller waits this much longer for the lane's verdict
@@ -59,30 +51,21 @@ class MmsBackend:
         deadline = time.monotonic() + MMS_UP_TIMEOUT_S
         while not self._mms_up() and time.monotonic() < deadline:
             time.sleep(0.1)
-        budget_mb = s.memory_budget_mb
-        policy = memory.MemoryPolicy(s.memory_reserve_mb * memory.MiB, budget_mb and budget_mb * memory.MiB,
-                                     config=s.handler)
-        queues = QueueSettings(lanes=s.workers, max_batch=s.mms_batch_requests,
-                               max_wait_s=s.handler.max_batch_wait_ms / 1000, timeout_s=s.timeout_s,
-                               http_timeout_s=s.backend_timeout_s,
-                               max_envelope_bytes=protocol.envelope_cap(s.max_payload_bytes))
-        model_root = Path(s.model_dir).parent if not s.multi_model else Path(s.model_root)
-        self.registry = ModelRegistry(self.client, state_dir=Path(self.mms["state_dir"]), model_root=model_root,
-                                      java_pgid=self.mms["pgid"], load_timeout_s=s.load_timeout_s, policy=policy,
-                                      queues=queues, max_new_tokens=s.handler.max_new_tokens)
+        self.registry = ModelRegistry(self.client, s, state_dir=Path(self.mms["state_dir"]),
+                                      java_pgid=self.mms["pgid"])
         adopted = self.registry.adopt()
         for name in adopted:
             self._served(self.registry.get(name), loaded_now=False)
-        if not s.multi_model and DEFAULT_MODEL_NAME not in adopted:
+        if not s.multi_model and DEFAULT_MODEL not in adopted:
             self.state = "the default model is loading"
             try:
-                self._served(self.registry.load(DEFAULT_MODEL_NAME, s.model_dir, check_memory=False))
+                self._served(self.registry.load(DEFAULT_MODEL, s.model_dir, check_memory=False))
             except Exception as exc:  # noqa: BLE001 - a broken single model is a stopped server
                 log.critical("default model %s failed to load: %s; stopping", s.model_dir,
                              getattr(exc, "message", exc))
                 logging.shutdown()
                 os._exit(4)  # gunicorn halts the whole server when a worker exits with 4
-        default = self.registry.get(DEFAULT_MODEL_NAME)
+        default = self.registry.get(DEFAULT_MODEL)
         metrics.set_info(s.stack, default.engine if default is not None and not s.multi_model else {
             "backend": s.handler.backend, "compute_type": s.handler.compute_type or "auto",
             "device": s.handler.device or "auto"})
@@ -110,11 +93,15 @@ class MmsBackend:
             raise ServiceUnavailable(self.state)
         return self.registry
 
-    def invoke(self, name: str | None, request: Request, deadline: float) -> Response:
-        name = DEFAULT_MODEL_NAME if name is None else name
+    def _record(self, name: str) -> ModelRecord:
         record = self._registry().get(name)
         if record is None:
             raise NotFound(f"model {name[:255]!r} is not loaded")
+        return record
+
+    def invoke(self, name: str | None, request: Request, deadline: float) -> Response:
+        name = DEFAULT_MODEL if name is None else name
+        record = self._record(name)
         headers = {k: v for k, v in request.headers if k.lower() not in HOP_BY_HOP}
         call = record.queue.submit(headers, request.body, deadline)
         try:
@@ -148,10 +135,7 @@ class MmsBackend:
         return {"status": f"model {record.name!r} unloaded"}
 
     def describe(self, name: str) -> dict:
-        record = self._registry().get(name)
-        if record is None:
-            raise NotFound(f"model {name[:255]!r} is not loaded")
-        return record.describe()
+        return self._record(name).describe()
 
     def models(self) -> list[dict]:
         registry = self._registry()

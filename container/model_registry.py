@@ -1,14 +1,10 @@
 """The models this server has loaded, and the only way to load or unload one.
 
-Every load goes through here, so every load is checked the same way before MMS sees it:
-the name (1-255 of ``A-Z a-z 0-9 . _ - /``; it never reaches a file name, a shell or a
-properties file: MMS only ever sees ``mms_name(name)``), the url (a local directory
-inside the model root, symlinks resolved, no scheme), duplicates (409) and memory (507).
-After MMS says "registered", the workers' own load reports decide (MMS says 200 even when
-the Python side failed); a failed load is unregistered again and answered with its reason.
-Each loaded model gets its request queue (``container.dispatch``) here, and loses it
-before MMS unloads the model. A loaded model is also written down in the state dir, so that an
-app process that gunicorn replaced takes the models MMS still holds back (``adopt``).
+Every load is checked here before MMS sees it: the name (MMS only ever sees ``mms_name(name)``),
+the url (a local directory inside the model root, symlinks resolved), duplicates (409) and
+memory (507). After MMS says "registered" the workers' load reports decide (MMS says 200 even
+when the Python side failed). A loaded model is written down in the state dir, so that an app
+process that gunicorn replaced takes back the models MMS still holds (``adopt``).
 """
 
 import hashlib
@@ -22,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from container import memory, process_table, protocol
-from container.dispatch import ModelQueue, QueueSettings
+from container.dispatch import ModelQueue
 from container.mms_client import MmsClient, MmsUnavailable
+from contract.settings import Settings
 from handlers.errors import BadRequest, Conflict, InternalError, NotFound, ServiceUnavailable
 from handlers.generation import default_max_new_tokens
 
@@ -77,7 +74,6 @@ class ModelRecord:
     queue: ModelQueue | None = None
     pss_bytes: int = 0
     rss_bytes: int = 0
-    worker_pids: list[int] = field(default_factory=list)
     batchable: bool = True  # False: its script owns predict; requests go one at a time
     engine: dict = field(default_factory=dict)  # what its workers run it on (their load reports)
 
@@ -88,12 +84,14 @@ class ModelRecord:
 
 
 class ModelRegistry:
-    def __init__(self, client: MmsClient, *, state_dir: Path, model_root: Path, java_pgid: int,
-                 load_timeout_s: int, policy: memory.MemoryPolicy, queues: QueueSettings, max_new_tokens: int):
-        self.client, self.state_dir, self.java_pgid = client, state_dir, java_pgid
-        self.model_root = Path(os.path.realpath(model_root))
-        self.workers, self.load_timeout_s = queues.lanes, load_timeout_s
-        self.policy, self.queues, self.max_new_tokens = policy, queues, max_new_tokens
+    def __init__(self, client: MmsClient, settings: Settings, *, state_dir: Path, java_pgid: int):
+        self.client, self.settings, self.state_dir, self.java_pgid = client, settings, state_dir, java_pgid
+        self.model_root = Path(os.path.realpath(settings.model_root if settings.multi_model
+                                                else Path(settings.model_dir).parent))
+        self.workers = settings.workers
+        budget_mb = settings.memory_budget_mb
+        self.policy = memory.MemoryPolicy(settings.memory_reserve_mb * memory.MiB,
+                                          budget_mb and budget_mb * memory.MiB, config=settings.handler)
         self._models: dict[str, ModelRecord] = {}
         self._loading: set[str] = set()
         self._lock = threading.Lock()  # guards the dict and the set
@@ -105,9 +103,6 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._models)
 
-    def used_bytes(self) -> int:
-        return sum(r.pss_bytes for r in list(self._models.values()))
-
     def load(self, name, url, *, check_memory: bool = True) -> ModelRecord:
         name = validate_name(name)
         path = resolve_url(url, self.model_root)
@@ -118,7 +113,8 @@ class ModelRegistry:
         try:
             with self._load_lock:
                 if check_memory:
-                    self.policy.check(name, path, self.workers, self.used_bytes())
+                    used = sum(r.pss_bytes for r in list(self._models.values()))
+                    self.policy.check(name, path, self.workers, used)
                 record = self._load(name, url, path)
             with self._lock:
                 self._models[name] = record
@@ -132,15 +128,15 @@ class ModelRegistry:
         protocol.clear_reports(self.state_dir, internal)
         started = time.monotonic()
         try:
-            resp = self.client.register(internal, os.path.relpath(path, self.model_root), workers=self.workers,
-                                        timeout=self.load_timeout_s + 60)
+            resp = self.client.register(internal, os.path.relpath(path, self.model_root),
+                                        workers=self.workers, timeout=self.settings.load_request_timeout_s)
         except MmsUnavailable as exc:
-            self._rollback(internal)
+            self._remove(internal)
             raise ServiceUnavailable(f"model {name!r} not loaded: {exc}") from None
         reports = self._wait_reports(internal, started) if resp.status == 200 else []
         failed = next((r for r in reports if not r.ok), None)
         if resp.status != 200 or failed or len(reports) < self.workers:
-            self._rollback(internal)
+            self._remove(internal)
             seconds = time.monotonic() - started
             if failed:
                 raise protocol.status_error(failed.status, f"model {name!r} failed to load: {failed.error}")
@@ -148,14 +144,15 @@ class ModelRegistry:
                 raise protocol.status_error(resp.status, f"model {name!r} not loaded: {resp.message()}")
             if resp.status == 200:
                 raise protocol.status_error(
-                    504 if seconds >= self.load_timeout_s else 500,
+                    504 if seconds >= self.settings.load_timeout_s else 500,
                     f"model {name!r} failed to load: {len(reports)} of {self.workers} worker(s) finished "
                     f"loading within {seconds:.0f} s (a worker process died or hung; see the server log)")
-            raise InternalError(f"model {name!r} failed to load: MMS answered {resp.status} ({resp.message()})")
+            raise InternalError(f"model {name!r} failed to load: MMS answered {resp.status} "
+                                f"({resp.message()})")
         record = ModelRecord(name, url, path, internal, self.workers, time.monotonic() - started,
                              batchable=all(r.batchable for r in reports), engine=reports[0].engine or {})
-        record.worker_pids = process_table.model_workers(self.java_pgid, internal)
-        usage = [m for m in map(memory.process_memory, record.worker_pids) if m is not None]
+        pids = process_table.model_workers(self.java_pgid, internal)
+        usage = [m for m in map(memory.process_memory, pids) if m is not None]
         record.pss_bytes, record.rss_bytes = sum(m.pss for m in usage), sum(m.rss for m in usage)
         if record.pss_bytes:
             self.policy.learn(path, self.workers, record.pss_bytes)
@@ -167,8 +164,9 @@ class ModelRegistry:
         return record
 
     def _serve(self, record: ModelRecord) -> None:
-        record.queue = ModelQueue(self.client, record.name, record.mms_name, self.queues, batchable=record.batchable,
-                                  default_tokens=default_max_new_tokens(record.path, self.max_new_tokens))
+        tokens = default_max_new_tokens(record.path, self.settings.handler.max_new_tokens)
+        record.queue = ModelQueue(self.client, record.name, record.mms_name, self.settings,
+                                  batchable=record.batchable, default_tokens=tokens)
         folder = self.state_dir / "models"
         folder.mkdir(exist_ok=True)
         fields = ("name", "url", "mms_name", "workers", "load_seconds", "pss_bytes", "rss_bytes", "batchable",
@@ -189,7 +187,6 @@ class ModelRegistry:
                 path.unlink(missing_ok=True)
                 continue
             record = ModelRecord(**{**data, "path": Path(data["path"])})
-            record.worker_pids = process_table.model_workers(self.java_pgid, record.mms_name)
             self._serve(record)
             self._models[record.name] = record
             log.info("model %r: still loaded in MMS, served again", record.name)
@@ -204,20 +201,24 @@ class ModelRegistry:
             if len(reports) >= self.workers or any(not r.ok for r in reports):
                 return reports
             pids = set(process_table.model_workers(self.java_pgid, internal))
-            if seen - pids - {r.pid for r in reports} or time.monotonic() - started > self.load_timeout_s:
+            late = time.monotonic() - started > self.settings.load_timeout_s
+            if late or seen - pids - {r.pid for r in reports}:
                 return reports
             seen |= pids
             time.sleep(0.05)
 
-    def _rollback(self, internal: str) -> None:
-        seen = process_table.model_workers(self.java_pgid, internal)
+    def _remove(self, internal: str, name: str | None = None) -> None:
+        """Unregister ``internal`` and make sure its processes and files are gone. ``name``: an
+        unload, which logs what MMS said; a failed load's rollback does not."""
+        seen = process_table.model_workers(self.java_pgid, internal)  # one exiting is no longer listed
         try:
-            self.client.unregister(internal, timeout=self.queues.timeout_s + 30)
-        except MmsUnavailable:
-            pass
-        self._forget(internal, seen)
-
-    def _forget(self, internal: str, seen: list[int]) -> None:
+            resp = self.client.unregister(internal, timeout=self.settings.timeout_s + 30)
+            problem = None if resp.status in (200, 404) else \
+                f"answered the unload with {resp.status} ({resp.message()})"
+        except MmsUnavailable as exc:
+            problem = f"did not answer the unload ({exc})"
+        if problem and name is not None:
+            log.error("model %r: MMS %s; stopping its processes", name, problem)
         for pid in process_table.wait_workers_gone(self.java_pgid, internal, WORKERS_GONE_S, seen):
             log.warning("killed worker %d that MMS left behind for %s", pid, internal)
         protocol.clear_reports(self.state_dir, internal)
@@ -229,16 +230,7 @@ class ModelRegistry:
                 record = self._models.pop(name, None)
             if record is None:
                 raise NotFound(f"model {name[:255]!r} is not loaded")
-            record.queue.close(self.queues.timeout_s + 10)  # what was sent is answered first
-            seen = process_table.model_workers(self.java_pgid, record.mms_name)
-            try:
-                resp = self.client.unregister(record.mms_name, timeout=self.queues.timeout_s + 30)
-            except MmsUnavailable as exc:
-                resp = None
-                log.error("model %r: MMS did not answer the unload (%s); stopping its processes", name, exc)
-            if resp is not None and resp.status not in (200, 404):
-                log.error("model %r: MMS answered the unload with %d (%s); stopping its processes",
-                          name, resp.status, resp.message())
-            self._forget(record.mms_name, seen)
+            record.queue.close(self.settings.timeout_s + 10)  # what was sent is answered first
+            self._remove(record.mms_name, name)
         log.info("model %r unloaded (%.0f MiB PSS returned)", name, record.pss_bytes / memory.MiB)
         return record

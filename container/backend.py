@@ -177,7 +177,8 @@ class MmsBackend:
             return call.future.result(timeout=deadline - time.monotonic() + ANSWER_GRACE_S)
         except TimeoutError:
             call.future.cancel()
-            raise GatewayTimeout(f"model {name!r} did not answer within {self.settings.timeout_s} s") from None
+            raise GatewayTimeout(f"model {name!r} did not answer within {self.settings.timeout_s} s") \
+                from None
 
     @staticmethod
     def _served(record: ModelRecord, loaded_now: bool = True) -> None:

@@ -61,7 +61,8 @@ class ModelQueue:
         self.batchable, self.default_tokens = batchable, default_tokens
         self.scheduler = Scheduler(self._send_batch, lanes=settings.workers,  # one per MMS worker
                                    max_size=settings.mms_batch_requests if batchable else 1,
-                                   max_wait_s=settings.handler.max_batch_wait_ms / 1000, name=f"model {name!r}")
+                                   max_wait_s=settings.handler.max_batch_wait_ms / 1000,
+                                   name=f"model {name!r}")
         self.scheduler.on_depth = lambda depth: metrics.queue_depth(name, depth)  # requests waiting here
         self.scheduler.start()
 

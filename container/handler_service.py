@@ -77,14 +77,12 @@ class HandlerService:
 
     def handle(self, data, context):
         """Each MMS item is an envelope; each gets one envelope back (or one error for all)."""
-        if data is None:
-            return None
         answers = []
         for idx, item in enumerate(data):
             status, content_type, body = self._handle_envelope(item, context)
             try:
                 phrase = http.HTTPStatus(status).phrase
-            except ValueError:
+            except ValueError:  # a status a user script made up
                 phrase = ""
             context.set_response_status(status, phrase, idx)
             context.set_response_content_type(idx, content_type)

@@ -127,7 +127,8 @@ class MemoryPolicy:
         if free - need < self.reserve_bytes:
             raise InsufficientStorage(
                 f"not enough memory to load {name!r}: it needs about {need // MiB} MiB ({workers} "
-                f"worker(s)), {free // MiB} MiB are free and {self.reserve_bytes // MiB} MiB are kept in reserve")
+                f"worker(s)), {free // MiB} MiB are free and {self.reserve_bytes // MiB} MiB are kept "
+                "in reserve")
         if self.budget_bytes is not None and used_bytes + need > self.budget_bytes:
             raise InsufficientStorage(
                 f"loading {name!r} (about {need // MiB} MiB) would exceed the model memory budget: "

@@ -31,6 +31,10 @@ class MmsResponse:
         return self.status >= 400 and set(self.json()) == {"code", "type", "message"}
 
 
+# What a kept-alive connection that MMS has closed meanwhile fails with.
+STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
 class MmsUnavailable(Exception):
     """MMS did not answer (not started, crashed, or timed out)."""
 
@@ -57,7 +61,7 @@ class MmsClient:
             out = MmsResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
         except (OSError, http.client.HTTPException) as exc:
             conn.close()  # the next request opens a new one
-            if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+            if reused and isinstance(exc, STALE):
                 return self.request(method, path, body=body, headers=headers, timeout=timeout)
             raise MmsUnavailable(f"MMS on 127.0.0.1:{self.port}: {type(exc).__name__}: {exc}") from None
         if resp.will_close:

@@ -21,7 +21,8 @@ class ConfigValueError(ValueError):
     """A value cannot be written into a Java properties file safely."""
 
 
-def render_properties(port: int, model_store: str, workers: int, timeout_s: int, max_payload_bytes: int) -> str:
+def render_properties(port: int, model_store: str, workers: int, timeout_s: int,
+                      max_payload_bytes: int) -> str:
     """One MMS instance's config.properties: MMS's own port on 127.0.0.1 (inference and
     management), registration urls relative to ``model_store``, ``workers`` per model, the
     per-request timeout, and request and response caps that fit a batch envelope."""

@@ -129,10 +129,8 @@ class MmsProcess:
                     log.warning("MMS did not stop in time after SIGTERM; killing it")
             if process_table.group_members(pgid):
                 log.info("processes of MMS's group outlived Java; terminating them")
+            # Java leads the group: SIGKILL, if needed, reaches it too.
             survivors = process_table.stop_group(pgid, grace_s=max(0.1, deadline - time.monotonic() - 2))
-            if self.java.poll() is None:
-                self.java.kill()
-                self.java.wait(timeout=2)
             if survivors:
                 log.error("processes left in MMS's group %d: %s", pgid, survivors)
         shutil.rmtree(self.private, ignore_errors=True)

@@ -37,7 +37,8 @@ def use_log_format(settings: Settings) -> None:
 
 if __name__ == "__main__":
     script, sys.argv = sys.argv[1], sys.argv[1:]
-    settings = Settings.from_json(os.environ[protocol.ENV_SETTINGS]) if protocol.ENV_SETTINGS in os.environ else None
+    settings = Settings.from_json(os.environ[protocol.ENV_SETTINGS]) \
+        if protocol.ENV_SETTINGS in os.environ else None
     if settings is not None and settings.log_format == "json":
         use_log_format(settings)
     if script.endswith("model_service_worker.py") and "--model-path" in sys.argv:
@@ -48,5 +49,6 @@ if __name__ == "__main__":
             preload_modules(settings.handler, sys.argv[sys.argv.index("--model-path") + 1])
         except Exception:  # noqa: BLE001 - the worker's own load reports any real problem
             logging.basicConfig()
-            logging.getLogger("container.mms_worker").warning("preloading the model code failed", exc_info=True)
+            logging.getLogger("container.mms_worker").warning("preloading the model code failed",
+                                                              exc_info=True)
     runpy.run_path(script, run_name="__main__")

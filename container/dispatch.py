@@ -1,18 +1,12 @@
 """Each loaded model's queue: callers' requests batched onto its MMS workers.
 
-One ``handlers.scheduler.Scheduler`` per model, with one lane per MMS worker: a lane takes a
-batch by the scheduler's policy (the same one the single-model stack's engine runs: oldest
-first, split among free workers, the short wait under load, long work kept off the last free
-worker while short work is about), sends it as ONE MMS request (a ``container.protocol``
-envelope) and hands each caller its own answer. An MMS worker answers a batch whole, so a
-batch holds requests of one kind only: short or long by the ``max_new_tokens`` they ask for
-(read from small JSON bodies; else the model's default). Models whose user script owns
-``predict`` get batches of one.
-
-While a worker (re)starts, MMS holds the request or the worker answers 503 before running
-anything: the lane keeps the batch and tries again until the callers' deadlines, so callers
-wait instead of failing. A batch in flight on a worker that dies fails (MMS answers "Worker
-died."); nothing that may have run is sent twice.
+One ``handlers.scheduler.Scheduler`` per model, one lane per MMS worker: a lane sends its batch
+as ONE MMS request (a ``container.protocol`` envelope) and hands each caller its own answer. A
+worker answers a batch whole, so a batch holds short or long requests only (by the
+``max_new_tokens`` a small JSON body asks for); models whose script owns ``predict`` get batches
+of one. While a worker (re)starts MMS answers 503 before running anything: the lane tries
+again until the callers' deadlines. A batch on a worker that dies fails; nothing that may have
+run is sent twice.
 """
 
 import json
@@ -23,6 +17,7 @@ from dataclasses import dataclass, field
 from container import protocol
 from container.mms_client import MmsClient, MmsResponse, MmsUnavailable
 from contract import metrics
+from contract.settings import Settings
 from handlers.errors import GatewayTimeout, InferenceError, InternalError, NotFound, ServiceUnavailable
 from handlers.figures import Figures
 from handlers.pipeline import Response
@@ -32,16 +27,6 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 0.05  # between tries while the worker (re)starts
 PEEK_BYTES = 65536  # bodies up to this size are read for the tokens they ask for
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    lanes: int  # one per MMS worker of the model
-    max_batch: int  # requests per envelope (SERVE_MMS_BATCH_REQUESTS)
-    max_wait_s: float  # the policy's wait under load (INFERENCE_MAX_BATCH_WAIT_MS)
-    timeout_s: float  # MMS's own per-request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)
-    http_timeout_s: float  # how long a lane waits for MMS's answer
-    max_envelope_bytes: int  # MMS's request and response cap (protocol.envelope_cap)
 
 
 @dataclass(eq=False)
@@ -70,13 +55,14 @@ def asked_tokens(headers: dict[str, str], body: bytes, default: int) -> int:
 
 
 class ModelQueue:
-    def __init__(self, client: MmsClient, name: str, mms_name: str, settings: QueueSettings, *,
+    def __init__(self, client: MmsClient, name: str, mms_name: str, settings: Settings, *,
                  batchable: bool = True, default_tokens: int = 64):
         self.client, self.name, self.mms_name, self.settings = client, name, mms_name, settings
         self.batchable, self.default_tokens = batchable, default_tokens
-        self.scheduler = Scheduler(self._send_batch, lanes=settings.lanes,
-                                   max_size=settings.max_batch if batchable else 1,
-                                   max_wait_s=settings.max_wait_s, name=f"model {name!r}")
+        self.scheduler = Scheduler(self._send_batch, lanes=settings.workers,  # one per MMS worker
+                                   max_size=settings.mms_batch_requests if batchable else 1,
+                                   max_wait_s=settings.handler.max_batch_wait_ms / 1000,
+                                   name=f"model {name!r}")
         self.scheduler.on_depth = lambda depth: metrics.queue_depth(name, depth)  # requests waiting here
         self.scheduler.start()
 
@@ -101,8 +87,9 @@ class ModelQueue:
     def _send_batch(self, calls: list[Call]) -> None:
         """The batch in envelopes that each fit MMS's request cap."""
         chunk, size = [], 0
+        cap = protocol.envelope_cap(self.settings.max_payload_bytes)  # MMS's max_request_size
         for call in calls:
-            if chunk and size + call.nbytes > self.settings.max_envelope_bytes:
+            if chunk and size + call.nbytes > cap:
                 self._send(chunk)
                 chunk, size = [], 0
             chunk.append(call)
@@ -115,7 +102,7 @@ class ModelQueue:
         while calls:
             envelope = protocol.pack([({"headers": c.headers}, c.body) for c in calls])
             try:
-                resp = self.client.predict(self.mms_name, envelope, timeout=self.settings.http_timeout_s)
+                resp = self.client.predict(self.mms_name, envelope, timeout=self.settings.backend_timeout_s)
             except MmsUnavailable as exc:
                 return self._fail(calls, ServiceUnavailable(f"model {self.name!r}: {exc}"))
             if resp.status == 200 and resp.headers.get("content-type") == protocol.ENVELOPE_TYPE:

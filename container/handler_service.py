@@ -1,16 +1,12 @@
-"""The MMS handler service: what each MMS worker process runs, on top of ``handlers``.
+"""The MMS handler service: what each MMS worker process runs, a thin adapter over ``handlers``.
 
-MMS imports this module in every worker and instantiates its one class (MMS refuses a
-handler module that defines more than one), then calls ``initialize(context)`` once and
-``handle(batch, context)`` per request. Each MMS request is a batch envelope from the app
-(``container.protocol``): callers' requests, each with its own headers, answered through
-``handlers.pipeline`` (the single-model stack's own path) in one envelope, each with its own
-status, content type and JSON error body. Tracebacks go to the log only. Nothing here imports
-torch: the engine ``handlers`` picks does.
+MMS imports this module in every worker, instantiates its one class (it refuses a module with
+more), calls ``initialize(context)`` once and ``handle(batch, context)`` per request. Each MMS
+request is a batch envelope from the app (``container.protocol``), answered through
+``handlers.pipeline`` in one envelope. Nothing here imports torch: the engine ``handlers`` picks does.
 """
 
 import http
-import json
 import logging
 import os
 import struct
@@ -18,25 +14,19 @@ import threading
 import time
 
 from mms.context import RequestProcessor
+from mms.protocol import otf_message_handler
 
 from container import protocol
 from contract.settings import Settings
 from handlers import config as handler_config, pipeline
-from handlers.errors import InferenceError, InternalError
+from handlers.errors import InferenceError, InsufficientStorage, InternalError, ServiceUnavailable
 from handlers.pipeline import Request
 from handlers.service import load_service
 
 log = logging.getLogger(__name__)
 
-LOADING = (503, b'{"error": "the model is still loading; retry shortly", "code": 503}')
 JSON = "application/json"
 NO_STREAM = "its models run on multi-model-server, which answers whole"
-
-
-def _error(exc: BaseException) -> tuple[int, bytes]:
-    if not isinstance(exc, InferenceError):
-        exc = InternalError.from_exception("the model server", exc)
-    return exc.status, exc.body()
 
 
 class HandlerService:
@@ -44,19 +34,16 @@ class HandlerService:
 
     def __init__(self):
         self.service = None
-        self.failure = None  # (status, body) every request gets when the load failed
+        self.failure: InferenceError | None = None  # what every request gets when the load failed
         self.loaded = threading.Event()
         self.settings = Settings.from_json(os.environ[protocol.ENV_SETTINGS]) \
             if protocol.ENV_SETTINGS in os.environ else Settings()
 
     def initialize(self, context) -> None:
-        """Start loading the model and return at once.
-
-        MMS bounds a worker's load command by the per-request timeout (a model that takes
-        longer than SAGEMAKER_MODEL_SERVER_TIMEOUT to load would never start), and calls a
-        model registered even when ``initialize`` raised. So the load runs on a thread of its
-        own, writes its outcome to a load report the app waits for, and never raises.
-        """
+        """Start loading the model and return at once: MMS bounds a worker's load by the
+        per-request timeout, and calls a model registered even when ``initialize`` raised. So
+        the load runs on a thread of its own, writes a load report the app waits for, and
+        never raises."""
         threading.Thread(target=self._load, args=(context,), name="load", daemon=True).start()
 
     def _load(self, context) -> None:
@@ -71,32 +58,31 @@ class HandlerService:
                      time.monotonic() - started, type(service).__name__)
         except MemoryError:
             log.exception("model %s: out of memory while loading", context.model_name)
-            self.failure = (507, b'{"error": "out of memory while loading the model", "code": 507}')
+            self.failure = InsufficientStorage("out of memory while loading the model")
         except Exception as exc:  # noqa: BLE001 - any failure must be reported, not raised
             log.error("model %s failed to load from %s", context.model_name, model_dir, exc_info=True)
-            self.failure = _error(exc)
+            self.failure = exc if isinstance(exc, InferenceError) else \
+                InternalError.from_exception("the model server", exc)
         try:
             state_dir = os.environ.get(protocol.ENV_STATE_DIR)
             if state_dir:
-                code, body = self.failure or (200, b'{"error": ""}')
+                failure = self.failure
                 protocol.write_report(state_dir, context.model_name, protocol.LoadReport(
-                    os.getpid(), self.failure is None, code, json.loads(body)["error"],
-                    time.monotonic() - started, type(self.service).__name__,
-                    getattr(self.service, "batchable", True),
+                    os.getpid(), failure is None, failure.status if failure else 200,
+                    failure.message if failure else "", time.monotonic() - started,
+                    type(self.service).__name__, getattr(self.service, "batchable", True),
                     self.service.engine_info() if self.service is not None else {}))
         finally:
             self.loaded.set()
 
     def handle(self, data, context):
         """Each MMS item is an envelope; each gets one envelope back (or one error for all)."""
-        if data is None:
-            return None
         answers = []
         for idx, item in enumerate(data):
             status, content_type, body = self._handle_envelope(item, context)
             try:
                 phrase = http.HTTPStatus(status).phrase
-            except ValueError:
+            except ValueError:  # a status a user script made up
                 phrase = ""
             context.set_response_status(status, phrase, idx)
             context.set_response_content_type(idx, content_type)
@@ -104,15 +90,15 @@ class HandlerService:
         return answers
 
     def _handle_envelope(self, item, context) -> tuple[int, str, bytes]:
-        failure = self.failure if self.loaded.is_set() else LOADING
+        failure = self.failure if self.loaded.is_set() else \
+            ServiceUnavailable("the model is still loading; retry shortly")
         if failure is not None:
             # Answer at once: waiting here would count against MMS's response timeout,
             # and MMS kills and restarts a worker that overruns it.
-            return failure[0], JSON, failure[1]
-        body = item.get("body") if isinstance(item, dict) else None
+            return failure.status, JSON, failure.body()
         try:
-            items = protocol.unpack(bytes(body or b""))
-        except (ValueError, TypeError, KeyError) as exc:
+            items = protocol.unpack(bytes(item.get("body") or b""))
+        except ValueError as exc:
             log.error("not a batch envelope from the app: %s", exc)
             return 400, JSON, b'{"error": "not a batch envelope from the front", "code": 400}'
         requests = []
@@ -137,10 +123,9 @@ class HandlerService:
         return 200, protocol.ENVELOPE_TYPE, self._pack(responses)
 
     def _pack(self, answers: list[pipeline.Response]) -> bytes:
-        """One envelope, within MMS's response cap: an answer that would push it over is
-        left out (``"alone": true``) and the front sends that request again on its own. Each
-        answer carries its figures (queue and engine time, tokens, engine calls) for the
-        front's Server-Timing and /metrics."""
+        """One envelope within MMS's response cap: an answer that would push it over is left
+        out (``"alone": true``) and the app sends that request again on its own. Each answer
+        carries its figures for the app's Server-Timing and /metrics."""
         room = protocol.envelope_cap(self.settings.max_payload_bytes) - 4096 * (len(answers) + 1)
         items = []
         for answer in answers:
@@ -155,16 +140,9 @@ class HandlerService:
         return protocol.pack(items)
 
 
-def _send_no_response_headers() -> None:
-    """Work around an MMS 1.1.11 bug: its Java decoder reads the per-item response-header
-    map with the bytes received *so far* as the size limit (``CodecUtils.readMap``), so a
-    worker answer that arrives in two socket reads with the split inside that map is taken
-    for a corrupt frame: MMS drops the worker and fails every request in flight with
-    "Worker died.". Status, reason phrase and content type travel in fields of their own,
-    so the map is sent empty."""
-    from mms.protocol import otf_message_handler
-
-    otf_message_handler.encode_response_headers = lambda _headers: struct.pack("!i", 0)
-
-
-_send_no_response_headers()
+# Work around an MMS 1.1.11 bug: its Java decoder reads the per-item response-header map with
+# the bytes received *so far* as the size limit (``CodecUtils.readMap``), so an answer split
+# across two socket reads inside that map is taken for a corrupt frame and MMS fails every
+# request in flight with "Worker died.". Status and content type travel in fields of their
+# own, so the map is sent empty.
+otf_message_handler.encode_response_headers = lambda _headers: struct.pack("!i", 0)

@@ -1,10 +1,8 @@
-"""Memory as the kernel reports it: what is free, what a process uses, what a model will need,
-and the policy that answers 507 to a load that would not fit.
+"""Memory as the kernel reports it, and the policy that answers 507 to a load that would not fit.
 
-"Free" is ``MemAvailable`` from /proc/meminfo, tightened by the cgroup limit when the
-container has one (inside Docker /proc/meminfo shows the host). A process's share is its
-PSS (shared pages split between the processes that map them), which is what adding up
-several workers needs; RSS is reported too.
+"Free" is ``MemAvailable``, tightened by the cgroup limit when there is one (inside Docker
+/proc/meminfo shows the host). A process's share is its PSS (shared pages split between the
+processes that map them), which is what adding up several workers needs; RSS is reported too.
 """
 
 import os
@@ -19,24 +17,26 @@ from handlers.errors import InsufficientStorage
 MiB = 1024 * 1024
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack",
                    ".gguf", ".model")
-# What one MMS worker costs before its weights (Python, its engine's libraries, and its share
-# of the MMS listener it was forked from), per INFERENCE_BACKEND, rounded up from the demo
-# model (docs/BENCHMARKS.md): ~305 MiB PSS with torch + transformers, ~40 MiB with CTranslate2.
-# Used until the first model loaded here gives a real figure.
+# What one MMS worker costs before its weights (Python, its engine's libraries, its share of
+# the listener it was forked from), rounded up from the demo model (docs/BENCHMARKS.md): ~305
+# MiB PSS with torch + transformers, ~40 MiB with CTranslate2. Until a load here measures it.
 FIRST_WORKER_ESTIMATE = {"transformers": 400 * MiB, "ctranslate2": 64 * MiB}
 MIN_WORKER_BYTES = 32 * MiB  # a learned figure never goes below a bare Python process
-# A model's resident weights relative to their size on disk (fp32 safetensors: ~1.0).
-WEIGHTS_FACTOR = 1.3
+WEIGHTS_FACTOR = 1.3  # a model's resident weights relative to their size on disk (fp32 safetensors: ~1.0)
 
 
-def meminfo() -> dict[str, int]:
+def _read_fields(path: str, separator: str) -> dict[str, int]:
+    """``key<separator> value [kB]`` lines as bytes; {} when the file cannot be read."""
     out = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts:
-                out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, rest = line.partition(separator)
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    except OSError:
+        pass
     return out
 
 
@@ -48,39 +48,25 @@ def _read_int(path: str) -> int | None:
     return int(raw) if raw.isdigit() else None  # "max" (no limit) -> None
 
 
-def _cgroup_available() -> int | None:
-    """Room left under the cgroup's memory limit (v2, then v1), or None without a limit.
-    Page cache that can be dropped (inactive_file) counts as room, as it does for the kernel."""
-    for limit_file, usage_file, stat_file in (
-            ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat"),
-            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-             "/sys/fs/cgroup/memory/memory.stat")):
-        limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is None or usage is None or limit >= 1 << 60:
-            continue
-        inactive = 0
-        try:
-            for line in Path(stat_file).read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key in ("inactive_file", "total_inactive_file"):
-                    inactive = int(value)
-                    break
-        except (OSError, ValueError):
-            pass
-        return max(0, limit - usage + inactive)
-    return None
-
-
 def available_bytes() -> int:
-    """Memory that can still be allocated without swapping or the OOM killer."""
-    info = meminfo()
+    """Memory that can still be allocated without swapping or the OOM killer: MemAvailable, or
+    the room under the cgroup's limit (v2, then v1) when that is less. Page cache that can be
+    dropped (inactive_file) counts as room, as it does for the kernel."""
+    info = _read_fields("/proc/meminfo", ":")
     free = info.get("MemAvailable", info.get("MemFree", 0))
-    cgroup = _cgroup_available()
-    return free if cgroup is None else min(free, cgroup)
+    for folder, limit_file, usage_file in (("/sys/fs/cgroup", "memory.max", "memory.current"),
+                                           ("/sys/fs/cgroup/memory", "memory.limit_in_bytes",
+                                            "memory.usage_in_bytes")):
+        limit, usage = _read_int(f"{folder}/{limit_file}"), _read_int(f"{folder}/{usage_file}")
+        if limit is not None and usage is not None and limit < 1 << 60:
+            stat = _read_fields(f"{folder}/memory.stat", " ")
+            inactive = stat.get("inactive_file", stat.get("total_inactive_file", 0))
+            return min(free, max(0, limit - usage + inactive))
+    return free
 
 
 def total_bytes() -> int:
-    return meminfo().get("MemTotal", 0)
+    return _read_fields("/proc/meminfo", ":").get("MemTotal", 0)
 
 
 @dataclass(frozen=True)
@@ -91,23 +77,10 @@ class ProcessMemory:
 
 def process_memory(pid: int) -> ProcessMemory | None:
     """RSS and PSS of ``pid`` (None when it is gone)."""
-    values = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("Rss", "Pss"):
-                    values[key] = int(rest.split()[0]) * 1024
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    values = _read_fields(f"/proc/{pid}/smaps_rollup", ":")
+    if "Rss" not in values:
         return None
-    except OSError:  # kernels without smaps_rollup: RSS only
-        try:
-            pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        except (OSError, ValueError, IndexError):
-            return None
-        rss = pages * os.sysconf("SC_PAGE_SIZE")
-        return ProcessMemory(rss, rss)
-    return ProcessMemory(values.get("Rss", 0), values.get("Pss", values.get("Rss", 0)))
+    return ProcessMemory(values["Rss"], values.get("Pss", values["Rss"]))
 
 
 def weights_bytes(model_dir: str | os.PathLike) -> int:
@@ -154,7 +127,8 @@ class MemoryPolicy:
         if free - need < self.reserve_bytes:
             raise InsufficientStorage(
                 f"not enough memory to load {name!r}: it needs about {need // MiB} MiB ({workers} "
-                f"worker(s)), {free // MiB} MiB are free and {self.reserve_bytes // MiB} MiB are kept in reserve")
+                f"worker(s)), {free // MiB} MiB are free and {self.reserve_bytes // MiB} MiB are kept "
+                "in reserve")
         if self.budget_bytes is not None and used_bytes + need > self.budget_bytes:
             raise InsufficientStorage(
                 f"loading {name!r} (about {need // MiB} MiB) would exceed the model memory budget: "

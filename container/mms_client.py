@@ -31,6 +31,10 @@ class MmsResponse:
         return self.status >= 400 and set(self.json()) == {"code", "type", "message"}
 
 
+# What a kept-alive connection that MMS has closed meanwhile fails with.
+STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
 class MmsUnavailable(Exception):
     """MMS did not answer (not started, crashed, or timed out)."""
 
@@ -38,46 +42,31 @@ class MmsUnavailable(Exception):
 class MmsClient:
     def __init__(self, port: int):
         self.port = port
-        self._local = threading.local()
-
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        conn.timeout = timeout
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)
-        return conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-        self._local.conn = None
+        self._local = threading.local()  # each calling thread's keep-alive connection
 
     def request(self, method: str, path: str, *, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 10.0) -> MmsResponse:
         """One request. When a kept-alive connection turns out to be closed by MMS, the
         request is sent again once on a fresh connection; a fresh one is never retried."""
-        for attempt in (0, 1):
-            conn = self._connection(timeout)
-            reused = conn.sock is not None
-            try:
-                conn.request(method, path, body=body, headers=headers or {})
-                resp = conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop()
-                stale = isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError,
-                                         BrokenPipeError))
-                if reused and stale and attempt == 0:
-                    continue
-                raise MmsUnavailable(f"MMS on 127.0.0.1:{self.port}: {type(exc).__name__}: {exc}") from None
-            out = MmsResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
-            if resp.will_close:
-                self._drop()
-            return out
-        raise MmsUnavailable(f"MMS on 127.0.0.1:{self.port} is unreachable")
+        if getattr(self._local, "conn", None) is None:
+            self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        conn = self._local.conn
+        conn.timeout = timeout
+        reused = conn.sock is not None
+        if reused:
+            conn.sock.settimeout(timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            out = MmsResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()  # the next request opens a new one
+            if reused and isinstance(exc, STALE):
+                return self.request(method, path, body=body, headers=headers, timeout=timeout)
+            raise MmsUnavailable(f"MMS on 127.0.0.1:{self.port}: {type(exc).__name__}: {exc}") from None
+        if resp.will_close:
+            conn.close()
+        return out
 
     # Management API, by MMS's names for things.
     def ping(self, timeout: float = 1.5) -> MmsResponse:

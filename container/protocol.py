@@ -1,19 +1,16 @@
-"""What the front and the MMS workers tell each other besides MMS's own protocol.
+"""What the app and the MMS workers tell each other besides MMS's own protocol.
 
-- Environment the launcher sets for every worker (``ENV_*``).
-- Load reports. MMS says "registered" (200) even when the handler's load failed, so each
-  worker process writes ``STATE_DIR/load/<mms model name>/<pid>.json`` once its load has
-  finished or failed; the front waits for those files.
-- Batch envelopes. The front sends a batch of callers' requests to a worker as ONE MMS
-  request, and the worker answers with ONE MMS answer carrying every result: MMS 1.1.11's
-  Java decoder reads a one-item answer safely however long it is (it mis-reads answers
-  of several items that arrive in more than one socket read; see handler_service).
-  Layout: ``MAGIC``, a 4-byte big-endian length, a JSON list with one dict per item
-  (its metadata and ``"length"``), then the items' bodies back to back.
+- Load reports: MMS says "registered" (200) even when the handler's load failed, so each worker
+  writes ``STATE_DIR/load/<mms model name>/<pid>.json`` once its load has finished or failed.
+- Batch envelopes: a batch of callers' requests goes to a worker as ONE MMS request and comes
+  back as ONE answer (MMS 1.1.11's decoder mis-reads answers of several items that arrive in
+  more than one socket read; see handler_service). Layout: ``MAGIC``, a 4-byte big-endian
+  length, a JSON list with one dict per item (its metadata and ``"length"``), the bodies.
 """
 
 import json
 import os
+import shutil
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,9 +92,8 @@ def write_report(state_dir: str | os.PathLike, mms_name: str, report: LoadReport
 
 
 def read_reports(state_dir: str | os.PathLike, mms_name: str) -> list[LoadReport]:
-    folder = reports_dir(state_dir, mms_name)
     out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+    for path in sorted(reports_dir(state_dir, mms_name).glob("*.json")):
         try:
             out.append(LoadReport(**json.loads(path.read_text())))
         except (OSError, ValueError, TypeError):
@@ -106,7 +102,4 @@ def read_reports(state_dir: str | os.PathLike, mms_name: str) -> list[LoadReport
 
 
 def clear_reports(state_dir: str | os.PathLike, mms_name: str) -> None:
-    folder = reports_dir(state_dir, mms_name)
-    if folder.is_dir():
-        for path in folder.iterdir():
-            path.unlink(missing_ok=True)
+    shutil.rmtree(reports_dir(state_dir, mms_name), ignore_errors=True)

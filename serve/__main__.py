@@ -20,7 +20,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from container import process_table
 from contract import logs, routes
 from contract.settings import KEEPALIVE_S, REPO_ROOT, STOP_DEADLINE_S, Settings, first_unreadable, log_options
 from handlers import cuda
@@ -59,6 +58,16 @@ def render_nginx(settings: Settings, runtime_dir: Path, upstream: str) -> Path:
     path = runtime_dir / "nginx.conf"
     path.write_text(text)
     return path
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (gunicorn's or nginx's workers), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 class Supervisor:
@@ -151,7 +160,7 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in time: killing it and its workers", name)
             # Its workers, found before the kill: orphans get a new parent.
-            workers = [p.pid for p in process_table.all_processes() if p.ppid == child.pid]
+            workers = child_pids(child.pid)
             child.kill()
             child.wait()
             for pid in workers:

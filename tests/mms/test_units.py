@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from container import memory, protocol
-from container.mms_config import ConfigValueError, MmsConfig, escape_property, java_memory_flags
-from container.mms_process import MMS_MAX_PORT, pick_internal_port
-from container.model_registry import mms_name, resolve_url, validate_name
+from container.mms_process import (MMS_MAX_PORT, ConfigValueError, escape_property, java_memory_flags,
+                                   pick_internal_port, render_properties)
+from container.backend import mms_name, resolve_url, validate_name
 from handlers.config import HandlerConfig
 from handlers.errors import InferenceError
 from tests.procs import REPO
@@ -20,10 +20,10 @@ from tests.procs import REPO
 MIB = 1024 * 1024
 
 
-def config(**overrides) -> MmsConfig:
+def config(**overrides) -> str:
     values = dict(port=20001, model_store="/opt/ml/models", workers=2, timeout_s=60,
                   max_payload_bytes=6 * MIB)
-    return MmsConfig(**{**values, **overrides})
+    return render_properties(**{**values, **overrides})
 
 
 def parse(text: str) -> dict:
@@ -31,7 +31,7 @@ def parse(text: str) -> dict:
 
 
 def test_properties_derive_from_our_settings_only():
-    props = parse(config().render())
+    props = parse(config())
     assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:20001"
     # Envelopes of a batch: any one request (6 MiB body + http.server's 100 x 64 KiB of
     # headers) fits, and so do several smaller ones.
@@ -44,7 +44,7 @@ def test_properties_derive_from_our_settings_only():
 
 @pytest.mark.parametrize("seconds, minutes", [(1, 1), (59, 1), (60, 1), (61, 2), (600, 10), (3601, 61)])
 def test_timeout_seconds_become_whole_minutes_rounded_up(seconds, minutes):
-    props = parse(config(timeout_s=seconds).render())
+    props = parse(config(timeout_s=seconds))
     assert props["default_response_timeout"] == str(minutes)
     assert props["default_response_timeout_seconds"] == str(seconds)
 
@@ -57,7 +57,7 @@ def test_properties_values_cannot_inject_keys():
         with pytest.raises(ConfigValueError):
             escape_property(bad)
     with pytest.raises(ConfigValueError):
-        config(model_store="/models\nload_models=ALL").render()
+        config(model_store="/models\nload_models=ALL")
 
 
 @pytest.mark.parametrize("name", ["model", "a", "3f2a9c", "my-model_v2.tar.gz", "team/model.tar.gz", "A" * 255])

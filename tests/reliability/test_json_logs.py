@@ -115,7 +115,7 @@ def test_a_multi_model_run_that_loaded_invoked_and_unloaded(tmp_path):
     assert java and all("thread" in o for o in java)
     worker = [o for o in objects if o["logger"] == "container.handler_service"]
     assert any("loaded" in o["message"] and o.get("thread", "").startswith("W-") for o in worker), worker
-    registry = " ".join(o["message"] for o in objects if o["logger"] == "container.model_registry")
+    registry = " ".join(o["message"] for o in objects if o["logger"] == "container.backend")
     assert "model 'm1' loaded" in registry and "model 'm1' unloaded" in registry
 
 

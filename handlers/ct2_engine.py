@@ -74,7 +74,6 @@ class CTranslate2Engine(Engine):
         # per batch ran 2.4x the throughput of two threads per matrix product (docs/BENCHMARKS.md).
         self.lanes = self.threads if kind == "cpu" else 1
         self.translator = self.lone = None  # lone: a copy on all the threads for a prompt alone
-        self.placed_type: str | None = None  # the compute type place() built the Translator with
         self.running, self.running_lock = 0, threading.Lock()  # translate_batch calls under way
         self.path = shipped or convert.cached_conversion(model_dir, self.compute_type,
                                                          convert.cache_dir(config.ct2_cache_dir))
@@ -101,20 +100,19 @@ class CTranslate2Engine(Engine):
         self.ids = {token: i for i, token in reversed(list(enumerate(self.vocabulary)))}  # first of equals
 
     def describe(self) -> dict[str, str]:
-        return {"backend": self.name, "compute_type": self.placed_type or self.compute_type,
+        return {"backend": self.name, "compute_type": self.compute_type,
                 "device": self.kind if self.kind == "cpu" else f"{self.kind}:{self.index}"}
 
     def place(self) -> None:
         """Build the Translator (its threads, and CUDA) in the process that runs it."""
         if self.translator is not None:
             return
+        import ctranslate2  # it loads cuBLAS when it first uses it, not on import
         kind, index, compute_type = self.kind, self.index, self.compute_type
         if kind == "cuda":
             cublas = cuda.preload_cublas12()  # the wheel dlopens CUDA 12's cuBLAS by name
             if not cublas.ok:
                 raise ModelLoadError(f"CTranslate2 cannot run on the GPU: {cublas}")
-        import ctranslate2
-        if kind == "cuda":
             if not ctranslate2.get_cuda_device_count():
                 raise ModelLoadError("a GPU is visible but CTranslate2 finds no usable CUDA device (driver "
                                      "or CUDA libraries); set INFERENCE_DEVICE=cpu to serve on the CPU")
@@ -140,7 +138,7 @@ class CTranslate2Engine(Engine):
                 self._pick_lone_layout(build(1, self.threads))
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"CTranslate2 cannot load {self.path}: {exc}") from exc
-        self.placed_type = compute_type
+        self.compute_type = compute_type  # as built: float32 where the GPU has no bf16
         log.info("loaded %s with CTranslate2 (%s on %s, %d lane(s) of %d thread(s)%s)", self.path,
                  compute_type, kind, self.lanes, threads,
                  f"; a prompt alone on {self.threads} threads" if self.lone else "")

@@ -17,11 +17,8 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 def extract_archive(archive: Path, target: Path) -> Path:
-    """Extract ``archive`` into ``target``, refusing members that escape it.
-
-    Python's ``data`` filter refuses absolute paths, ``..``, links pointing outside the
-    target, and device files; the error names the offending member.
-    """
+    """Extract ``archive`` into ``target`` through Python's ``data`` filter (no ``..``, links
+    out of the target or device files), refusing absolute names too; the error names the member."""
     def refuse_absolute(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
         if os.path.isabs(member.name):  # the data filter would strip the "/" and extract it
             raise tarfile.AbsolutePathError(member)
@@ -54,28 +51,25 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         raise ModelLoadError(f"model directory {str(path)!r} does not exist")
     if not any(path.iterdir()):
         raise ModelLoadError(f"model directory {str(path)!r} is empty")
-    archives = [p for p in path.iterdir() if p.name == "model.tar.gz"]
-    if archives and not (path / "config.json").exists():
-        return extract_archive(archives[0], scratch_dir())
+    if (path / "model.tar.gz").exists() and not (path / "config.json").exists():
+        return extract_archive(path / "model.tar.gz", scratch_dir())
     return path
 
 
-def check_model_dir(path: Path) -> dict:
-    """Fail early, naming the missing or corrupt file. Returns the parsed config.json."""
+def check_model_dir(path: Path) -> None:
+    """Fail early, naming the missing or corrupt file."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(f"{config_file} is missing: not a Hugging Face model directory")
     try:
-        config = json.loads(config_file.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+        if not isinstance(json.loads(config_file.read_text()), dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:  # UnicodeDecodeError is one
         raise ModelLoadError(f"{config_file} is corrupt: {exc}") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{config_file} is corrupt: not a JSON object")
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise ModelLoadError(f"no weights in {path}: expected one of {', '.join(WEIGHT_FILES)}")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelLoadError(f"no tokenizer in {path}: expected one of {', '.join(TOKENIZER_FILES)}")
-    return config
 
 
 def weight_file(path: Path) -> Path:

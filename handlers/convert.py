@@ -1,16 +1,8 @@
-"""A Hugging Face seq2seq checkpoint -> a CTranslate2 model, ahead of time or once into a cache.
-
-Ahead of time: ``python -m tools.convert MODEL_DIR OUT_DIR [--quantization int8]`` (the command
-line lives with the offline tools; this module is what it and the servers share). OUT_DIR holds all the ctranslate2 backend reads at run time: the CTranslate2 model
-(``model.bin``, ``config.json``, ``shared_vocabulary.json``), ``tokenizer.json`` (written from
-``spiece.model`` when the checkpoint has none), ``tokenizer_config.json`` and
-``generation_config.json``. Put it in ``model.tar.gz`` as ``ctranslate2/`` beside the HF files
-(or alone) and no server converts.
-
-Serving processes never import torch: when a model dir holds no converted model,
-``cached_conversion`` runs this module in a subprocess, once, into a cache dir keyed by the
-checkpoint's hash and the quantization. Concurrent starters wait on a lock; the result
-appears by an atomic rename, so nobody reads half a model.
+"""A Hugging Face seq2seq checkpoint -> a CTranslate2 model (what it writes: ``tools.convert``).
+A server that finds no converted model (``ctranslate2/`` beside the HF files, or the model dir
+itself) converts it once, in a subprocess (torch never enters a serving process), into a cache
+keyed by the checkpoint's hash and the quantization: concurrent starters wait on a lock, and
+the model appears by an atomic rename, so nobody reads half of one.
 """
 
 import fcntl
@@ -26,8 +18,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from handlers.artifacts import WEIGHT_FILES, check_model_dir, resolve_model_dir
+from handlers.artifacts import WEIGHT_FILES, check_model_dir
 from handlers.errors import ModelLoadError
+from handlers.tokenizer import input_limit
 
 log = logging.getLogger(__name__)
 SUBDIR = "ctranslate2"
@@ -38,7 +31,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def shipped_model(model_dir: Path) -> Path | None:
-    """A converted model in the model dir: ``ctranslate2/`` beside the HF files, or the dir itself."""
     return next((p for p in (model_dir / SUBDIR, model_dir) if (p / "model.bin").is_file()), None)
 
 
@@ -46,17 +38,14 @@ def cache_dir(configured: str | None) -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "flan-t5-serving" / "ctranslate2"
 
 
-def checkpoint_files(model_dir: Path) -> list[Path]:
+def cache_key(model_dir: Path, quantization: str) -> str:
+    """The checkpoint's files (and the shards its index names), the quantization, CTranslate2's version."""
     names = set(CHECKPOINT_FILES)
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (model_dir / index).is_file():
             names |= set(json.loads((model_dir / index).read_text()).get("weight_map", {}).values())
-    return sorted(model_dir / name for name in names if (model_dir / name).is_file())
-
-
-def cache_key(model_dir: Path, quantization: str) -> str:
     digest = hashlib.sha256(f"{quantization} ctranslate2 {metadata.version('ctranslate2')}".encode())
-    for path in checkpoint_files(model_dir):
+    for path in sorted(model_dir / name for name in names if (model_dir / name).is_file()):
         with open(path, "rb") as f:
             digest.update(path.name.encode() + b"\0" + hashlib.file_digest(f, "sha256").digest())
     return f"{digest.hexdigest()[:32]}-{quantization}"
@@ -72,7 +61,8 @@ def cached_conversion(model_dir: Path, quantization: str, cache: Path) -> Path:
             cache.mkdir(parents=True, exist_ok=True)
             lock = open(cache / f"{key}.lock", "a")
         except OSError as exc:
-            raise ModelLoadError(f"cannot write the conversion cache {cache} (CT2_CACHE_DIR): {exc}") from None
+            raise ModelLoadError(f"cannot write the conversion cache {cache} (CT2_CACHE_DIR): "
+                                 f"{exc}") from None
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another process converting this checkpoint: wait for it
             if not (final / "model.bin").is_file():
@@ -132,9 +122,7 @@ def convert(model_dir: Path, out_dir: Path, quantization: str) -> Path:
     TransformersConverter(str(model_dir)).convert(str(out_dir), quantization=quantization, force=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    limits = [n for n in (tokenizer.model_max_length, getattr(config, "n_positions", None))
-              if isinstance(n, int) and 0 < n < 1_000_000]
-    tokenizer.model_max_length = min(limits) if limits else 512
+    tokenizer.model_max_length = input_limit(tokenizer.model_max_length, getattr(config, "n_positions", None))
     tokenizer.save_pretrained(out_dir)  # tokenizer.json, also for a checkpoint with spiece.model only
     try:
         generation = transformers.GenerationConfig.from_pretrained(model_dir, local_files_only=True)

@@ -1,35 +1,23 @@
-"""CUDA facts the serving processes need, as small functions whose inputs can be passed in
-(so each is testable on a machine with no GPU).
-
-- ``native_bf16``: bf16 only where the GPU computes it (compute capability >= 8); torch's
-  ``is_bf16_supported()`` also says yes on T4 and V100, which emulate it slowly.
-- ``preload_cublas12``: CTranslate2's wheel dlopens CUDA 12's ``libcublas.so.12`` by name; the
-  ``nvidia-cublas-cu12`` wheel keeps it under ``site-packages/nvidia/cublas/lib``, where the
-  loader does not look. Loaded once by path, a later dlopen by name finds it.
-- ``check_gpu``: the start-up check, safe before a fork (CUDA runs in a short child process
-  only). No GPU: a warning (serve on the CPU). A GPU that CUDA cannot use: the reason.
-- ``free_slot`` / ``worker_gpu``: one gunicorn worker per GPU, each pinned to its own.
-Device memory (a budget per engine call, out-of-memory splits) is ``handlers.gpu_memory``'s.
-"""
+"""CUDA facts the serving processes need, each testable on a machine with no GPU (its inputs can
+be passed in): bf16 where the hardware computes it, cuBLAS 12 for CTranslate2, the start-up
+check (CUDA only ever in a child process, so this one may still fork), one gunicorn worker per
+GPU. Device memory is ``handlers.gpu_memory``'s; docs/IMAGES.md has the drivers and hosts."""
 
 import ctypes
 import json
-import logging
 import re
 import site
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
 
-log = logging.getLogger(__name__)
-
-
 def native_bf16(capability: tuple[int, int] | None) -> bool:
-    """bf16 computed by the hardware: Ampere (8.0) and newer; not T4 (7.5) or V100 (7.0)."""
+    """bf16 computed by the hardware: Ampere (8.0) and newer. torch's ``is_bf16_supported()``
+    also says yes on T4 (7.5) and V100 (7.0), which emulate it slowly."""
     return capability is not None and tuple(capability) >= (8, 0)
 
 
@@ -55,50 +43,35 @@ class Preload:
 
 
 def site_dirs() -> list[Path]:
-    """This interpreter's site-packages dirs (the venv's first), then those on sys.path."""
-    found = [*site.getsitepackages(), site.getusersitepackages(),
-             *(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))]
-    return [Path(p) for p in dict.fromkeys(found) if Path(p).is_dir()]
+    """This interpreter's site-packages dirs, then the rest of sys.path."""
+    return [Path(p) for p in dict.fromkeys([*site.getsitepackages(), *sys.path]) if p]
 
 
-def find_cublas12(dirs: Iterable[Path]) -> list[Path] | None:
-    """Paths of CUBLAS12 (in load order) in the first dir that holds both."""
-    for base in dirs:
-        for sub in CUBLAS12_DIRS:
-            paths = [Path(base) / sub / name for name in CUBLAS12]
-            if all(p.is_file() for p in paths):
-                return paths
-    return None
-
-
-def _cublas_version(library) -> str:
-    value, parts = ctypes.c_int(), []
-    for prop in range(3):  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
-        if library.cublasGetProperty(prop, ctypes.byref(value)) != 0:
-            return "12"
-        parts.append(str(value.value))
-    return ".".join(parts)
+def _loaded(names: tuple[str, ...], library) -> Preload:
+    values = [ctypes.c_int() for _ in range(3)]  # MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+    if any(library.cublasGetProperty(i, ctypes.byref(value)) for i, value in enumerate(values)):
+        return Preload(names, "12")
+    return Preload(names, ".".join(str(value.value) for value in values))
 
 
 def preload_cublas12(dirs: Iterable[Path] | None = None) -> Preload:
-    """Make ``libcublas.so.12`` loadable by name in this process: already on the loader's path
-    (ldconfig, LD_LIBRARY_PATH), or loaded here by path from a site-packages dir (RTLD_GLOBAL),
-    which a later dlopen by name then finds. Needs no GPU; call it before CTranslate2 places a
-    model on CUDA (importing ctranslate2 first is fine: it loads cuBLAS only when used)."""
+    """Make ``libcublas.so.12``, which CTranslate2's wheel dlopens by name, loadable: already on
+    the loader's path, or loaded here by path (RTLD_GLOBAL) from a site-packages dir, where the
+    nvidia-cublas-cu12 wheel keeps it and the loader does not look. Needs no GPU."""
     try:
-        handles = [ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL) for name in CUBLAS12]
-        return Preload(CUBLAS12, _cublas_version(handles[-1]))
+        return _loaded(CUBLAS12, [ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL) for name in CUBLAS12][-1])
     except OSError as exc:
         by_name = str(exc)
-    paths = find_cublas12(site_dirs() if dirs is None else dirs)
-    if paths is None:
-        return Preload(reason=f"{CUBLAS12[1]} is not on the loader's path ({by_name}) and no site-packages dir "
-                              f"has {CUBLAS12_DIRS[0]}/ (pip install nvidia-cublas-cu12)")
+    libs = (Path(base) / sub for base in (site_dirs() if dirs is None else dirs) for sub in CUBLAS12_DIRS)
+    lib = next((lib for lib in libs if all((lib / name).is_file() for name in CUBLAS12)), None)
+    if lib is None:
+        return Preload(reason=f"{CUBLAS12[1]} is not on the loader's path ({by_name}) and no site-packages "
+                              f"dir has {CUBLAS12_DIRS[0]}/ (pip install nvidia-cublas-cu12)")
+    paths = tuple(str(lib / name) for name in CUBLAS12)
     try:
-        handles = [ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL) for path in paths]
+        return _loaded(paths, [ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL) for path in paths][-1])
     except OSError as exc:
-        return Preload(reason=f"cannot load {paths[0].parent}: {exc}")
-    return Preload(tuple(str(p) for p in paths), _cublas_version(handles[-1]))
+        return Preload(reason=f"cannot load {lib}: {exc}")
 
 
 # --- the start-up check ------------------------------------------------------------------------
@@ -138,8 +111,9 @@ print(json.dumps(out))
 COMPAT_ERRORS = (803, 804)
 # The oldest Linux driver each CUDA major version runs on (NVIDIA's compatibility table).
 MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
-AMI_HINT = ("on SageMaker, deploy with inference_ami_version='al2-ami-sagemaker-inference-gpu-3-1' (driver 550, "
-            "CUDA 12.4) for a CUDA 12 image, or 'al2023-ami-sagemaker-inference-gpu-4-1' (driver 580) for CUDA 13")
+AMI_HINT = ("on SageMaker, deploy with inference_ami_version='al2-ami-sagemaker-inference-gpu-3-1' "
+            "(driver 550, CUDA 12.4) for a CUDA 12 image, or 'al2023-ami-sagemaker-inference-gpu-4-1' "
+            "(driver 580) for CUDA 13")
 
 
 @dataclass(frozen=True)
@@ -160,16 +134,16 @@ class GpuCheck:
 
 
 def gpu_evidence() -> str | None:
-    """What shows an NVIDIA GPU given to this process, without touching CUDA: its device nodes
-    or ``nvidia-smi -L`` (both come with the NVIDIA container runtime; /proc/driver/nvidia does
-    not count: a container without that runtime sees the host's)."""
+    """An NVIDIA GPU given to this process, seen without CUDA: its device nodes or ``nvidia-smi
+    -L`` (not /proc/driver/nvidia: a container without NVIDIA's runtime sees the host's)."""
     nodes = sorted(p.name for p in Path("/dev").glob("nvidia[0-9]*"))
     if nodes:
         return "/dev/" + ", /dev/".join(nodes)
     try:
-        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout.strip()
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return None
+    listed = listed.strip()
     return f"nvidia-smi: {listed.splitlines()[0]}" if listed.startswith("GPU") else None
 
 
@@ -196,14 +170,11 @@ def run_probe(timeout: float = 60.0) -> dict:
 
 def torch_cuda_version(version_py: Path | None = None) -> str | None:
     """The CUDA version torch was built with, read from its version.py without importing it."""
-    if version_py is None:
-        spec = find_spec("torch")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        version_py = Path(spec.submodule_search_locations[0]) / "version.py"
+    spec = find_spec("torch") if version_py is None else None
     try:
+        version_py = version_py or Path(spec.origin).parent / "version.py"
         found = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([\d.]+)['\"]", version_py.read_text(), re.M)
-    except OSError:
+    except (AttributeError, TypeError, OSError):  # no torch
         return None
     return found[1] if found else None
 
@@ -215,7 +186,8 @@ def required_cuda(backend: str) -> str | None:
 
 
 def check_gpu(required: str | None, evidence: Callable[[], str | None] = gpu_evidence,
-              probe: Callable[[], dict] = run_probe, driver: Callable[[], str | None] = driver_version) -> GpuCheck:
+              probe: Callable[[], dict] = run_probe,
+              driver: Callable[[], str | None] = driver_version) -> GpuCheck:
     """Whether this process may use the GPUs here, without initialising CUDA in it. ``required``:
     the CUDA version the image's GPU code was built for (``required_cuda``), None for a CPU build."""
     seen = evidence()
@@ -229,8 +201,7 @@ def check_gpu(required: str | None, evidence: Callable[[], str | None] = gpu_evi
     cuda = found.get("driver_cuda")
     cuda = f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None
     facts = dict(driver=version, driver_cuda=cuda)
-    where = f"an NVIDIA GPU is here ({seen}, driver {version or 'unknown'}"
-    where += f", CUDA {cuda})" if cuda else ")"
+    where = f"an NVIDIA GPU is here ({seen}, driver {version or 'unknown'}{f', CUDA {cuda}' if cuda else ''})"
     need = int(required.split(".")[0])
     if "error" in found:
         return GpuCheck(**facts, error=f"{where} but CUDA cannot use it: {found['error']} (is the container "
@@ -239,12 +210,13 @@ def check_gpu(required: str | None, evidence: Callable[[], str | None] = gpu_evi
         return GpuCheck(**facts, error=f"{where} but this image needs CUDA {required}: an NVIDIA driver >= "
                                        f"{MIN_DRIVER.get(need, '?')}; {AMI_HINT}")
     if found.get("init"):
-        hint = ("; CUDA's forward-compatibility libraries do not serve this driver or GPU: start with CUDA_COMPAT=0 "
-                f"on a driver new enough for the image ({AMI_HINT})" if found["init"] in COMPAT_ERRORS else "")
+        hint = ("; CUDA's forward-compatibility libraries do not serve this driver or GPU: start with "
+                f"CUDA_COMPAT=0 on a driver new enough for the image ({AMI_HINT})")
         return GpuCheck(**facts, error=f"{where} but CUDA cannot initialise it: cuInit returned "
-                                       f"{found.get('init_name')} ({found['init']}){hint}")
+                                       f"{found.get('init_name')} ({found['init']})"
+                                       f"{hint if found['init'] in COMPAT_ERRORS else ''}")
     devices = tuple(GpuDevice(d["name"], tuple(d["capability"]), d["free"], d["total"])
-                    for d in found.get("devices", ()))
+                    for d in found["devices"])
     if not devices:
         return GpuCheck(**facts, error=f"{where} but CUDA finds no device (CUDA_VISIBLE_DEVICES?)")
     return GpuCheck(devices, **facts)
@@ -258,9 +230,8 @@ def free_slot(taken: Iterable[int], workers: int) -> int:
 
 
 def worker_gpu(slot: int, gpus: int, visible: str | None = None) -> str | None:
-    """The CUDA_VISIBLE_DEVICES value that pins worker ``slot`` to its GPU: GPU ``slot % gpus``
-    (more workers than GPUs share them in turn), picked from ``visible`` when it is already
-    set. None without GPUs. Set it in the worker before CUDA starts; it is then ``cuda:0``."""
+    """The CUDA_VISIBLE_DEVICES value that pins worker ``slot`` to GPU ``slot % gpus`` (picked
+    from ``visible`` when set; None without GPUs). Set in the worker before CUDA starts."""
     if gpus <= 0:
         return None
     ids = [v.strip() for v in (visible or "").split(",") if v.strip()] or [str(i) for i in range(gpus)]

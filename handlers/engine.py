@@ -1,22 +1,16 @@
-"""The engine under ``FlanT5Model``: token ids in, token ids out, a batch of jobs at a time.
-
-``INFERENCE_BACKEND`` picks one: ``ctranslate2`` (a converted model, no torch), ``transformers``
-(torch, ``model.generate``), or ``auto`` (the default: ``choose_backend``). Everything above the engine (prompts,
-truncation, stop sequences, scheduling, errors) is ``handlers.flan_t5``'s and
-``handlers.scheduler``'s. This module also holds what a serving process does for an engine
-around a fork: ``loads_before_fork`` (may the gunicorn master load, so that workers share the
-weights?) and ``preload_modules`` (imports a parent may do before it forks workers).
-"""
+"""The engine under ``FlanT5Model``: token ids in, token ids out, a batch of jobs at a time
+(docs/DESIGN.md, "Engines"). ``INFERENCE_BACKEND`` picks ``ctranslate2``, ``transformers`` or
+``auto`` (``choose_backend``). Also what a serving process does for an engine around a fork:
+``loads_before_fork`` and ``preload_modules``."""
 
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from handlers.artifacts import WEIGHT_FILES
 from handlers.config import HandlerConfig
@@ -25,6 +19,7 @@ from handlers.generation import GenerationParams
 from handlers.scheduler import Job
 
 log = logging.getLogger(__name__)
+CT2_FAMILIES = ("t5",)  # model types whose conversion a test here checks against transformers
 
 
 @dataclass(eq=False)
@@ -46,39 +41,30 @@ class GenerationJob(Job):
         self.resolve(sequences)
 
 
-class Engine(Protocol):
+class Engine:
+    """What both engines do. Each loads without running anything (a process may fork next) and
+    has ``place()`` (ready to run, in the process and on the thread that runs it),
+    ``describe()`` (serve_info's ``backend``, ``compute_type`` and ``device``),
+    ``tokenize(texts, special=True)`` (ids, with the closing ``</s>`` when ``special``),
+    ``detokenize(sequences)`` (as transformers' ``batch_decode(skip_special_tokens=True)``),
+    ``batch_key(params)`` (jobs whose keys are equal may share a ``run``) and ``run(jobs)``:
+    ``job.finish(sequences)`` for each job, without ``</s>``, as soon as its own sequences end
+    where the engine can tell; ``on_token`` per id."""
+
     name: str  # the INFERENCE_BACKEND value, for messages
-    lanes: int  # batches that may run at once
     eos_token_id: int
     max_input_tokens: int  # the model's own input limit
     max_new_tokens: int  # the model's default bound on generated tokens
-    splits_at_spaces: bool  # long texts may be tokenized in pieces (handlers.tokenizer.splits_at_spaces)
-    streams_in_batches: bool  # a streamed job may share a batch with others
-
-    def place(self) -> None:
-        """Ready to run, in the process and on the thread that will run it."""
-
-    def describe(self) -> dict[str, str]:
-        """``backend``, ``compute_type`` and ``device`` (as placed, once placed): serve_info's labels."""
+    splits_at_spaces: bool  # long texts may be tokenized in pieces (handlers.tokenizer)
+    lanes = 1  # batches that may run at once
+    streams_in_batches = False  # a streamed job may share a batch with others
+    budget = None  # on a GPU, the handlers.gpu_memory.MemoryBudget of one call
 
     def close(self) -> None:
         """Free what must not outlive the interpreter (the scheduler calls it at exit)."""
 
-    def tokenize(self, texts: list[str], special: bool = True) -> list[list[int]]:
-        """Ids per text, with the closing ``</s>`` when ``special``."""
-
-    def detokenize(self, sequences: list[list[int]]) -> list[str]:
-        """Texts as transformers' ``batch_decode(skip_special_tokens=True)`` gives them."""
-
     def check(self, params: GenerationParams) -> None:
         """Raise BadRequest, naming the parameter, for what this engine cannot honour."""
-
-    def batch_key(self, params: GenerationParams) -> Hashable:
-        """Jobs whose keys are equal may run in one ``run`` call."""
-
-    def run(self, jobs: list[GenerationJob]) -> None:
-        """Generate for jobs of one key: ``job.finish(sequences)`` each (as soon as its own
-        sequences end, where the engine can tell), without ``</s>``; ``on_token`` per id."""
 
 
 def gpu_visible() -> bool:
@@ -87,14 +73,9 @@ def gpu_visible() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
-def model_type(path: Path) -> str | None:
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-CT2_FAMILIES = ("t5",)  # model types whose conversion a test here checks against transformers
+def ct2_only(path: Path) -> bool:
+    """A CTranslate2 model with no Hugging Face weights beside it."""
+    return (path / "model.bin").is_file() and not any((path / name).is_file() for name in WEIGHT_FILES)
 
 
 def choose_backend(path: Path, config: HandlerConfig) -> tuple[str, str]:
@@ -102,12 +83,15 @@ def choose_backend(path: Path, config: HandlerConfig) -> tuple[str, str]:
     where it can run on the device; transformers otherwise."""
     if config.backend != "auto":
         return config.backend, f"INFERENCE_BACKEND={config.backend}"
-    hf_weights = any((path / name).is_file() for name in WEIGHT_FILES)
-    if (path / "model.bin").is_file() and not hf_weights:
+    if ct2_only(path):
         return "ctranslate2", "auto: the model dir holds a CTranslate2 model only"
-    family = model_type(path)
+    try:
+        family = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        family = None
     if family not in CT2_FAMILIES:
-        return "transformers", f"auto: model type {family!r} is not one whose CTranslate2 conversion is tested here"
+        return "transformers", (f"auto: model type {family!r} is not one whose CTranslate2 conversion is "
+                                "tested here")
     if (config.device or ("cuda" if gpu_visible() else "cpu")).startswith("cuda"):
         from handlers import cuda
         cublas = cuda.preload_cublas12()
@@ -117,33 +101,33 @@ def choose_backend(path: Path, config: HandlerConfig) -> tuple[str, str]:
 
 
 def load_engine(path: Path, config: HandlerConfig) -> Engine:
-    """Load without running anything (a process may fork after this): see ``Engine.place``. With
-    ``auto``, a model CTranslate2 cannot convert or load is served by transformers, saying why."""
+    """Load without running anything (see ``Engine``). With ``auto``, a model CTranslate2 cannot
+    convert or load is served by transformers, saying why."""
     backend, why = choose_backend(path, config)
     if backend == "ctranslate2":
         from handlers.ct2_engine import CTranslate2Engine
         try:
-            engine = CTranslate2Engine.load(path, config)
+            engine = CTranslate2Engine(path, config)
             log.info("engine for %s: ctranslate2 (%s)", path, why)
             return engine
         except ModelLoadError as exc:
             if config.backend != "auto":
                 raise
             why = f"auto: CTranslate2 cannot serve it: {exc.message}"
-    elif (path / "model.bin").is_file() and not any((path / name).is_file() for name in WEIGHT_FILES):
+    elif ct2_only(path):
         raise ModelLoadError(f"{path} holds a CTranslate2 model: serve it with INFERENCE_BACKEND=ctranslate2")
     from handlers.transformers_engine import TransformersEngine
-    engine = TransformersEngine.load(path, config)
+    engine = TransformersEngine(path, config)
     log.info("engine for %s: transformers (%s)", path, why)
     return engine
 
 
 def loads_before_fork(config: HandlerConfig, model_dir: str | None = None) -> bool:
-    """Whether a parent may load the model before forking workers that run it: transformers on
-    the CPU (workers share the weights copy-on-write; torch runs nothing before the fork), not
-    with CUDA (it cannot cross a fork), asked without initialising CUDA. CTranslate2 loads only
-    check files before its ``place`` builds the Translator, so loading before a fork is safe."""
-    if config.backend == "ctranslate2" or (model_dir and choose_backend(Path(model_dir), config)[0] == "ctranslate2"):
+    """Whether a parent may load the model before forking workers that run it: CTranslate2 (its
+    loading only reads files), transformers on the CPU (workers share the weights
+    copy-on-write), not with CUDA (it cannot cross a fork), asked without initialising CUDA."""
+    backend = choose_backend(Path(model_dir), config)[0] if model_dir else config.backend
+    if backend == "ctranslate2":
         return True
     if config.device:
         return config.device == "cpu"

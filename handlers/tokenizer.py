@@ -11,51 +11,37 @@ from handlers.errors import ModelLoadError
 # transformers' clean_up_tokenization, applied when tokenizer_config.json asks for it
 CLEAN_UPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
              (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+WORD_SPLITTERS = ({"type": "WhitespaceSplit"},
+                  {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True})
+
+
+def input_limit(*limits) -> int:
+    """The smallest real limit of those given (tokenizers say 10**30 for none), else 512."""
+    return min((n for n in limits if isinstance(n, int) and 0 < n < 1_000_000), default=512)
 
 
 def splits_at_spaces(backend: Tokenizer) -> bool:
-    """Whether a space between two ASCII characters always ends a word for this tokenizer,
-    so that ``tokens(text[:i]) + tokens(text[i:])`` (no special tokens) equals ``tokens(text)``
-    wherever ``text[i]`` is such a space, and the special tokens are one closing ``</s>``.
-
-    Why that holds for T5's tokenizer (checked here piece by piece, else False):
-    - added tokens (``</s>``, ``<extra_id_0>``...) are matched first and hold no whitespace,
-      so no match spans the space;
-    - the Precompiled normalizer rewrites one grapheme cluster at a time, and an ASCII space
-      between ASCII characters is a cluster of its own (no combining mark after it, no prepend
-      mark before it), which it maps to a space;
-    - WhitespaceSplit / Metaspace (split, ▁ prepended to every word) then cut the text into
-      words at that space, and the model (Unigram, BPE...) tokenizes each word on its own;
-    - the post-processor only appends ``</s>``.
-    """
+    """Whether ``tokens(text[:i]) + tokens(text[i:])`` equals ``tokens(text)`` (no special
+    tokens) wherever ``text[i]`` is a space between two ASCII characters, and the special
+    tokens are one closing ``</s>``. Proven piece by piece for T5's tokenizer: its added tokens
+    hold no whitespace; the Precompiled normalizer rewrites one grapheme cluster at a time and
+    such a space is a cluster of its own, kept a space; WhitespaceSplit / Metaspace then cut
+    words there, each tokenized on its own; the post-processor only appends ``</s>``."""
     spec = json.loads(backend.to_str())
-    normalizer = spec.get("normalizer")
-    if normalizer is not None and normalizer.get("type") != "Precompiled":
+    if (spec.get("normalizer") or {"type": "Precompiled"})["type"] != "Precompiled":
         return False
     if backend.normalizer is not None and backend.normalizer.normalize_str(" ") != " ":
         return False
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-
-    def word_splitter(step: dict) -> bool:
-        if step.get("type") == "WhitespaceSplit":
-            return True
-        scheme = step.get("prepend_scheme") or ("always" if step.get("add_prefix_space", True) else "never")
-        return (step.get("type") == "Metaspace" and step.get("replacement") == "\u2581"
-                and step.get("split", True) and scheme == "always")
-
-    if not steps or not all(word_splitter(step) for step in steps):
+    if not steps or any(step not in WORD_SPLITTERS for step in steps):
         return False
     post = spec.get("post_processor") or {}
-    single = post.get("single", [])
-    if post.get("type") != "TemplateProcessing" or len(single) != 2 or \
-            single[0].get("Sequence", {}).get("id") != "A" or "SpecialToken" not in single[1]:
+    single = post.get("single", []) if post.get("type") == "TemplateProcessing" else []
+    if [list(part) for part in single] != [["Sequence"], ["SpecialToken"]]:
         return False
-    return not any(any(c.isspace() for c in t["content"]) for t in spec.get("added_tokens", []))
-
-
-def _token_text(value) -> str | None:
-    return value.get("content") if isinstance(value, dict) else value
+    spaced = [token for token in spec.get("added_tokens", []) if any(c.isspace() for c in token["content"])]
+    return single[0]["Sequence"]["id"] == "A" and not spaced
 
 
 class TextTokenizer:
@@ -65,14 +51,14 @@ class TextTokenizer:
     def __init__(self, tokenizer_file: Path, config_file: Path | None = None):
         try:
             self.backend = Tokenizer.from_file(str(tokenizer_file))
-            config = json.loads(config_file.read_text()) if config_file and config_file.is_file() else {}
+            config = json.loads(config_file.read_text()) if config_file else {}
         except Exception as exc:  # tokenizers raises a bare Exception
             raise ModelLoadError(f"cannot load the tokenizer {tokenizer_file}: {exc}") from None
         model_type = json.loads(self.backend.to_str())["model"].get("type")
         self.clean_up = bool(config.get("clean_up_tokenization_spaces")) and model_type != "BPE"
-        limit = config.get("model_max_length")
-        self.model_max_length = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
-        self.eos_token_id = self.backend.token_to_id(_token_text(config.get("eos_token")) or "</s>")
+        self.model_max_length = config.get("model_max_length")
+        eos = config.get("eos_token") or "</s>"
+        self.eos_token_id = self.backend.token_to_id(eos["content"] if isinstance(eos, dict) else eos)
         if self.eos_token_id is None:
             raise ModelLoadError(f"{tokenizer_file} has no end-of-sequence token")
         self.splits_at_spaces = splits_at_spaces(self.backend)

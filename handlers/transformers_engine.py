@@ -1,4 +1,6 @@
-"""The transformers engine: a seq2seq model on torch, run with ``model.generate``."""
+"""The transformers engine: a seq2seq model on torch, run with ``model.generate``. It loads on
+the CPU with no torch compute, so a process may load, fork, and let the child ``place()`` and
+run it (torch's thread pool and CUDA do not survive a fork)."""
 
 import logging
 from collections.abc import Callable, Hashable
@@ -13,33 +15,28 @@ from transformers.generation.streamers import BaseStreamer
 from handlers import cuda, gpu_memory
 from handlers.artifacts import check_model_dir, weight_file
 from handlers.config import HandlerConfig
+from handlers.engine import Engine, GenerationJob, use_threads
 from handlers.errors import ModelLoadError
-from handlers.engine import GenerationJob, use_threads
 from handlers.generation import GenerationParams
-from handlers.tokenizer import splits_at_spaces
+from handlers.tokenizer import input_limit, splits_at_spaces
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "fp32": torch.float32,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def pick_device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that have it, else fp32. Never fp16: T5 activations overflow to NaN."""
+    """bf16 on GPUs that compute it (not T4 / V100: torch emulates it there, slowly), else fp32.
+    Never fp16: T5 activations overflow to NaN."""
+    name = (requested or "").lower()
+    if name in ("float16", "fp16", "half"):
+        raise ModelLoadError("INFERENCE_DTYPE=float16 is refused: T5 overflows to NaN in fp16; "
+                             "use bfloat16 or float32")
+    if requested and name not in DTYPES:
+        raise ModelLoadError(f"INFERENCE_DTYPE={requested!r} is not one of {', '.join(DTYPES)}")
     if requested:
-        if requested.lower() in ("float16", "fp16", "half"):
-            raise ModelLoadError("INFERENCE_DTYPE=float16 is refused: T5 overflows to NaN in fp16; "
-                                 "use bfloat16 or float32")
-        if requested.lower() not in DTYPES:
-            raise ModelLoadError(f"INFERENCE_DTYPE={requested!r} is not one of {', '.join(DTYPES)}")
-        return DTYPES[requested.lower()]
+        return DTYPES[name]
     if device.type == "cuda" and cuda.native_bf16(torch.cuda.get_device_capability(device)):
-        return torch.bfloat16  # not on T4 / V100: torch emulates bf16 there, slowly
+        return torch.bfloat16
     return torch.float32
 
 
@@ -63,73 +60,57 @@ class TokenCallback(BaseStreamer, StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.stop, dtype=torch.bool, device=input_ids.device)
 
 
-class TransformersEngine:
-    """Loads on the CPU with no torch compute, so a process may load, fork, and let the child
-    ``place()`` and run it (torch's thread pool and CUDA do not survive a fork)."""
+class TransformersEngine(Engine):
+    name = "transformers"  # one lane: one generate at a time, on all of torch's threads
 
-    name = "transformers"
-    lanes = 1  # torch runs one generate at a time here, with all its threads
-    streams_in_batches = False  # a stream runs in a generate of its own
-
-    def __init__(self, model, tokenizer, device: torch.device, threads: int | None):
-        self.model, self.tokenizer, self.device, self.threads = model, tokenizer, device, threads
-        self.max_new_tokens = model.generation_config.max_new_tokens
-        self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self.splits_at_spaces = backend is not None and splits_at_spaces(backend)
-        limits = [n for n in (tokenizer.model_max_length, getattr(model.config, "n_positions", None))
-                  if isinstance(n, int) and 0 < n < 1_000_000]
-        self.max_input_tokens = min(limits) if limits else 512
-        self._placed = False
-        self.budget: gpu_memory.MemoryBudget | None = None  # CPU: none
-
-    def describe(self) -> dict[str, str]:
-        return {"backend": self.name, "compute_type": str(self.model.dtype).removeprefix("torch."),
-                "device": str(self.device)}
-
-    @classmethod
-    def load(cls, path: Path, config: HandlerConfig) -> "TransformersEngine":
+    def __init__(self, path: Path, config: HandlerConfig):
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         check_model_dir(path)
-        device = pick_device(config.device)
-        dtype = pick_dtype(config.dtype, device)
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = pick_dtype(config.dtype, self.device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"cannot load the tokenizer from {path} (tokenizer.json / spiece.model):"
                                  f" {type(exc).__name__}: {exc}") from exc
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # no OpenMP thread team while loading: this process may fork next
         try:
-            model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, local_files_only=True)
         except Exception as exc:
             raise ModelLoadError(f"cannot load weights from {weight_file(path)}: "
                                  f"{type(exc).__name__}: {exc}") from exc
         finally:
             torch.set_num_threads(threads)
-        model.eval()
-        default_new = model.generation_config.max_new_tokens or 64
-        model.generation_config.max_new_tokens = min(default_new, config.max_new_tokens)
-        model.generation_config.max_length = None
-        log.info("loaded %s (%s, %.1fM parameters, %s on %s)", path, type(model).__name__,
-                 model.num_parameters() / 1e6, dtype, device)
-        return cls(model, tokenizer, device, config.threads)
+        self.model.eval()
+        generation = self.model.generation_config
+        self.max_new_tokens = min(generation.max_new_tokens or 64, config.max_new_tokens)
+        generation.max_new_tokens, generation.max_length = self.max_new_tokens, None
+        self.threads, self.placed = config.threads, False
+        self.eos_token_id, self.pad_token_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self.splits_at_spaces = backend is not None and splits_at_spaces(backend)
+        self.max_input_tokens = input_limit(self.tokenizer.model_max_length,
+                                            getattr(self.model.config, "n_positions", None))
+        log.info("loaded %s (%s, %.1fM parameters, %s on %s)", path, type(self.model).__name__,
+                 self.model.num_parameters() / 1e6, dtype, self.device)
+
+    def describe(self) -> dict[str, str]:
+        return {"backend": self.name, "compute_type": str(self.model.dtype).removeprefix("torch."),
+                "device": str(self.device)}
 
     def place(self) -> None:
         """On the thread that runs every generate (OpenMP keeps a thread team per thread). On a
         GPU, the sequences per call are then bounded by what the device has left."""
         use_threads(self.threads)
-        if not self._placed:
+        if not self.placed:
             self.model.to(self.device)
-            self._placed = True
+            self.placed = True
             if self.device.type == "cuda":
-                self.budget = gpu_memory.MemoryBudget.measure(gpu_memory.torch_free_bytes(self.device),
-                                                        gpu_memory.T5Shape.from_config(self.model.config.to_dict()),
-                                                        str(self.model.dtype))
-
-    def close(self) -> None:
-        """Nothing to free before the interpreter exits."""
+                shape = gpu_memory.T5Shape.from_config(self.model.config.to_dict())
+                self.budget = gpu_memory.MemoryBudget.measure(gpu_memory.torch_free_bytes(self.device), shape,
+                                                              str(self.model.dtype))
 
     def tokenize(self, texts: list[str], special: bool = True) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=special)["input_ids"]
@@ -137,13 +118,10 @@ class TransformersEngine:
     def detokenize(self, sequences: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
 
-    def check(self, params: GenerationParams) -> None:
-        """Every parameter is honoured."""
-
     def _tensors(self, inputs: list[list[int]]) -> dict:
         width = max(len(row) for row in inputs)
-        pad = self.pad_token_id
-        return {"input_ids": torch.tensor([row + [pad] * (width - len(row)) for row in inputs], device=self.device),
+        return {"input_ids": torch.tensor([row + [self.pad_token_id] * (width - len(row)) for row in inputs],
+                                          device=self.device),
                 "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in inputs],
                                                device=self.device)}
 

@@ -68,13 +68,15 @@ def small_on_cuda(tmp_path_factory):
     from bench.models import build_t5
     from handlers import HandlerConfig, load_model
     target = build_t5(tmp_path_factory.mktemp("t5-small"), "t5-small")
-    return load_model(target, HandlerConfig(device="cuda", dtype="float32"))
+    model = load_model(target, HandlerConfig(device="cuda", dtype="float32"))
+    model.engine.place()
+    return model
 
 
 def generate(model, prompts: list[str], params) -> list[tuple[int, ...]]:
     """Token ids (random weights mostly generate ids the demo tokenizer decodes to nothing)."""
-    engine = model.engine
-    return [tuple(ids) for ids in engine.generate(engine.tokenize(prompts), params)]
+    from tests.handlers.conftest import engine_ids
+    return [tuple(ids) for ids in engine_ids(model, model.engine.tokenize(prompts), params)]
 
 
 def test_a_real_out_of_memory_batch_is_split_and_every_request_answered(small_on_cuda):

@@ -476,9 +476,7 @@ def test_the_budget_splits_what_would_not_fit_on_an_a10g():
     assert 8 <= budget.max_inputs(512, 512, 4) < 32
     base = gpu_memory.T5Shape.from_config(FLAN_T5["base"][0])
     assert gpu_memory.MemoryBudget.measure(22 * GIB, base, "torch.bfloat16").max_inputs(512, 512, 4) >= 32
-    # two workers on one GPU each get half; short answers fit many more
-    shared = gpu_memory.MemoryBudget.measure(23 * GIB, xl, "bfloat16", weights_loaded=False, share=2)
-    assert shared.max_inputs(512, 512, 4) < budget.max_inputs(512, 512, 4) < budget.max_inputs(64, 32, 4)
+    assert budget.max_inputs(512, 512, 4) < budget.max_inputs(64, 32, 4)  # short answers fit many more
 
 
 def test_the_budget_never_says_zero():

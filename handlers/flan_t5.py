@@ -143,7 +143,7 @@ class FlanT5Model:
     def _run(self, jobs: list[GenerationJob]) -> None:
         """A batch on the engine, in calls that fit the device's memory budget (GPU); a call that
         still runs out of memory is split and retried, and a prompt that cannot fit alone is a
-        400 naming what to lower (``handlers.cuda``)."""
+        400 naming what to lower (``handlers.gpu_memory``)."""
         params, budget = jobs[0].params, getattr(self.engine, "budget", None)
         per_input = (params.num_beams or 1) * params.num_return_sequences
         size = len(jobs) if budget is None else budget.max_inputs(

@@ -3,30 +3,29 @@
 The supervisor starts MMS (``container.mms_process``) and tells this process its port, state
 dir and process group (``SERVE_MMS``). Here, in the app's one gunicorn worker: the loaded
 models, each with its queue (``container.dispatch``), and the only way to load or unload one.
-Every load is checked before MMS sees it: the name (MMS only ever sees ``mms_name(name)``), the
-url (a directory inside the model root, symlinks resolved), duplicates (409), memory (507).
+Every load is checked before MMS sees it: the name and url (``container.models``), duplicates
+(409), memory (507).
 MMS says 200 even when a load's Python side failed: the workers' load reports decide. A loaded
 model is written down in the state dir, so that an app process that gunicorn replaced takes
 back the models MMS still holds.
 """
 
-import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 from container import memory, process_table, protocol
 from container.dispatch import ModelQueue
 from container.mms_client import MmsClient, MmsUnavailable
+from container.models import ModelRecord, mms_name, resolve_url, validate_name
 from contract import metrics
 from contract.routes import DEFAULT_MODEL
 from contract.settings import Settings
-from handlers.errors import (BadRequest, Conflict, GatewayTimeout, InferenceError, InternalError, NotFound,
+from handlers.errors import (Conflict, GatewayTimeout, InferenceError, InternalError, NotFound,
                              ServiceUnavailable)
 from handlers.generation import default_max_new_tokens
 from handlers.pipeline import Request, Response
@@ -37,62 +36,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 ANSWER_GRACE_S = 0.5  # past its deadline a caller waits this much longer for the lane's verdict
 MMS_UP_TIMEOUT_S = 120
 WORKERS_GONE_S = 10  # how long MMS gets to stop a model's processes before they are killed
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
-SCHEME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-
-
-def validate_name(name) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
-        raise BadRequest(f"invalid model name {str(name)[:80]!r}: use 1-255 characters of "
-                         "A-Z a-z 0-9 . _ - / starting with a letter or digit, no '..'")
-    return name
-
-
-def mms_name(name: str) -> str:
-    """The name MMS knows a model by: readable, unique per public name, and safe anywhere."""
-    readable = re.sub(r"[^A-Za-z0-9_]", "_", name)[:40]
-    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
-
-
-def resolve_url(url, root: Path) -> Path:
-    """``url`` as a real directory inside ``root``; 400 when it is not allowed, 404 when
-    it does not exist. Relative urls are taken relative to ``root``."""
-    if not isinstance(url, str) or not url or len(url) > 4096 or \
-            any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        raise BadRequest("url must be a non-empty local path without control characters")
-    if SCHEME_PATTERN.match(url):
-        raise BadRequest(f"url {url[:200]!r}: only local directories under {root} can be "
-                         "loaded (no http://, s3://, file:// ...)")
-    path = Path(os.path.realpath(root / url))  # an absolute url replaces root
-    if os.path.commonpath([path, root]) != str(root):
-        raise BadRequest(f"url {url[:200]!r} is outside the model root {root}")
-    if not path.exists():
-        raise NotFound(f"url {url[:200]!r} does not exist")
-    if not path.is_dir():
-        raise BadRequest(f"url {url[:200]!r} is not a directory")
-    return path
-
-
-@dataclass
-class ModelRecord:
-    name: str
-    url: str  # as the caller gave it
-    path: Path  # resolved
-    mms_name: str
-    workers: int
-    load_seconds: float
-    queue: ModelQueue | None = None
-    pss_bytes: int = 0
-    rss_bytes: int = 0
-    batchable: bool = True  # False: its script owns predict; requests go one at a time
-    engine: dict = field(default_factory=dict)  # what its workers run it on (their load reports)
-
-    def describe(self) -> dict:
-        return {"modelName": self.name, "modelUrl": self.url, "workers": self.workers,
-                "loadSeconds": round(self.load_seconds, 3),
-                "memoryPssBytes": self.pss_bytes, "memoryRssBytes": self.rss_bytes}
-
-
 class MmsBackend:
     def __init__(self, settings: Settings, mms: dict | None = None):
         """``mms``: what the supervisor says of the MMS it started (its ``describe()``)."""

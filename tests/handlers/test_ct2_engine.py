@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import time
-import threading
 
 import pytest
 

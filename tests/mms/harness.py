@@ -171,7 +171,7 @@ class MmsServer:
 
     def model_workers(self, name: str) -> list[int]:
         """This server's processes for model ``name`` (MMS's listener + the process it forked)."""
-        from container.backend import mms_name
+        from container.models import mms_name
 
         self.remember_processes()
         flag = f"--model-name {mms_name(name)} "

@@ -12,7 +12,7 @@ import pytest
 from container import memory, protocol
 from container.mms_process import (MMS_MAX_PORT, ConfigValueError, escape_property, java_memory_flags,
                                    pick_internal_port, render_properties)
-from container.backend import mms_name, resolve_url, validate_name
+from container.models import mms_name, resolve_url, validate_name
 from handlers.config import HandlerConfig
 from handlers.errors import InferenceError
 from tests.procs import REPO

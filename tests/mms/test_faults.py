@@ -51,10 +51,14 @@ def loop_clients(server, question: str, clients: int, until: float, parameters: 
 
 @pytest.mark.parametrize("workers", [1])  # 2 (the default): tests/reliability/test_faults.py
 def test_a_killed_worker_fails_only_its_requests_in_flight(tmp_path, qa_pairs, workers):
-    srv = MmsServer("--model-dir", str(DEMO_MODEL), "--workers", str(workers), log_path=tmp_path / "mms.log")
+    # Batches of 2 for 4 clients: the next batch is queued while one runs, so the worker is never
+    # idle between batches and the kill catches a batch in it (with batches of 4, it found the
+    # worker idle in about one run out of six on a loaded machine).
+    srv = MmsServer("--model-dir", str(DEMO_MODEL), "--workers", str(workers), log_path=tmp_path / "mms.log",
+                    env={"SERVE_MMS_BATCH_REQUESTS": "2"})
     try:
         srv.start().wait_ready()
-        # 64 tokens each: the worker is busy most of the time, so the kill catches a batch in it
+        # 64 tokens each: a batch runs long beside the hop between two
         threads, events = loop_clients(srv, qa_pairs[0]["question"], 4, time.monotonic() + 12,
                                        {"min_new_tokens": 64, "max_new_tokens": 64})
         time.sleep(3)

@@ -4,10 +4,9 @@ The supervisor starts MMS (``container.mms_process``) and tells this process its
 dir and process group (``SERVE_MMS``). Here, in the app's one gunicorn worker: the loaded
 models, each with its queue (``container.dispatch``), and the only way to load or unload one.
 Every load is checked before MMS sees it: the name and url (``container.models``), duplicates
-(409), memory (507).
-MMS says 200 even when a load's Python side failed: the workers' load reports decide. A loaded
-model is written down in the state dir, so that an app process that gunicorn replaced takes
-back the models MMS still holds.
+(409), memory (507). MMS says 200 even when a load's Python side failed: the workers' load
+reports decide. A loaded model is written down in the state dir, so that an app process that
+gunicorn replaced takes back the models MMS still holds.
 """
 
 import json
@@ -36,6 +35,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 ANSWER_GRACE_S = 0.5  # past its deadline a caller waits this much longer for the lane's verdict
 MMS_UP_TIMEOUT_S = 120
 WORKERS_GONE_S = 10  # how long MMS gets to stop a model's processes before they are killed
+
+
 class MmsBackend:
     def __init__(self, settings: Settings, mms: dict | None = None):
         """``mms``: what the supervisor says of the MMS it started (its ``describe()``)."""
@@ -43,7 +44,7 @@ class MmsBackend:
         self.mms = mms or json.loads(os.environ["SERVE_MMS"])
         self.client = MmsClient(self.mms["port"])
         self.state_dir, self.java_pgid = Path(self.mms["state_dir"]), self.mms["pgid"]
-        self.model_root = Path(os.path.realpath(s.model_root if s.multi_model else Path(s.model_dir).parent))
+        self.model_root = Path(os.path.realpath(s.model_store))
         budget = s.memory_budget_mb and s.memory_budget_mb * memory.MiB
         self.policy = memory.MemoryPolicy(s.memory_reserve_mb * memory.MiB, budget, config=s.handler)
         self.state: str | None = "the model server is starting"  # None: ready
@@ -69,7 +70,7 @@ class MmsBackend:
         if not s.multi_model and DEFAULT_MODEL not in self._models:
             self.state = "the default model is loading"
             try:
-                self._served(self._add(DEFAULT_MODEL, s.model_dir, check_memory=False))
+                self._report_loaded(self._add(DEFAULT_MODEL, s.model_dir, check_memory=False))
             except Exception as exc:  # noqa: BLE001 - a broken single model is a stopped server
                 log.critical("default model %s failed to load: %s; stopping", s.model_dir,
                              getattr(exc, "message", exc))
@@ -122,7 +123,7 @@ class MmsBackend:
                 from None
 
     @staticmethod
-    def _served(record: ModelRecord, loaded_now: bool = True) -> None:
+    def _report_loaded(record: ModelRecord, loaded_now: bool = True) -> None:
         """/metrics: the model's series may appear; a load is counted."""
         metrics.model_loaded(record.name, load_seconds=record.load_seconds if loaded_now else None,
                              pss_bytes=record.pss_bytes, rss_bytes=record.rss_bytes)
@@ -134,7 +135,7 @@ class MmsBackend:
         except Exception as exc:
             metrics.load_failed(exc.status if isinstance(exc, InferenceError) else 500)
             raise
-        self._served(record)
+        self._report_loaded(record)
         return {"status": f"model {record.name!r} loaded", **record.describe()}
 
     def unload(self, name: str) -> dict:
@@ -247,7 +248,7 @@ class MmsBackend:
             self._serve(record)
             self._models[record.name] = record
             log.info("model %r: still loaded in MMS, served again", record.name)
-            self._served(record, loaded_now=False)
+            self._report_loaded(record, loaded_now=False)
 
     def _wait_reports(self, internal: str, started: float) -> list[protocol.LoadReport]:
         """The workers' load reports, once every worker has written one. Stops early when a

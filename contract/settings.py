@@ -176,6 +176,12 @@ class Settings:
         return STOP_DEADLINE_S - 3 - self.java_stop_s
 
     @property
+    def model_store(self) -> str:
+        """MMS's model_store, which load urls are taken relative to: the model root of a
+        multi-model endpoint, else the single model's parent directory."""
+        return self.model_root if self.multi_model else str(Path(self.model_dir).parent)
+
+    @property
     def max_payload_mb(self) -> int:
         """The payload cap in whole MiB, as /execution-parameters reports it (at least 1)."""
         return max(1, self.max_payload_bytes // (1024 * 1024))

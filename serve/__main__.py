@@ -104,9 +104,8 @@ class Supervisor:
         """multi-model-server (Java) on a private port, up before the app that talks to it."""
         from container.mms_process import MmsProcess
         s = self.settings
-        store = Path(s.model_dir).parent if not s.multi_model else Path(s.model_root)
         self.mms = MmsProcess(s)
-        self.mms.start(store, s.port, lambda: self.stopping,
+        self.mms.start(Path(s.model_store), s.port, lambda: self.stopping,
                        output=lambda: self.relay.pipes("multi-model-server"))
         self.children["multi-model-server"] = self.mms.java
         env["SERVE_MMS"] = self.mms.describe()

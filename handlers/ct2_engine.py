@@ -132,10 +132,10 @@ class CTranslate2Engine(Engine):
 
         try:
             self.translator = build(self.lanes, threads)
-            layout = self.config.thread_layout
-            amd = "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
-            if kind == "cpu" and self.threads > 1 and (layout == "both" or layout == "auto" and not amd):
-                self._pick_lone_layout(build(1, self.threads))
+            layout = self.config.thread_layout  # auto: not tried on an AMD EPYC (_pick_lone_layout)
+            if kind == "cpu" and self.threads > 1 and layout != "replicas":
+                if layout == "both" or "AuthenticAMD" not in Path("/proc/cpuinfo").read_text():
+                    self._pick_lone_layout(build(1, self.threads))
         except (RuntimeError, ValueError) as exc:
             raise ModelLoadError(f"CTranslate2 cannot load {self.path}: {exc}") from exc
         self.compute_type = compute_type  # as built: float32 where the GPU has no bf16
@@ -187,7 +187,7 @@ class CTranslate2Engine(Engine):
     def batch_key(self, params: GenerationParams) -> Hashable:
         """Greedy search and sampling stop each sequence on its own (see ``run``): requests that
         differ only in ``max_new_tokens`` or ``stop`` share a batch. Beam search cannot."""
-        if self._settings(params)["num_beams"] == 1:
+        if (params.num_beams or self.defaults["num_beams"]) == 1:
             return replace(params, max_new_tokens=None, stop=())
         return replace(params, stop=())
 
